@@ -1,0 +1,1 @@
+"""Database migrations (Alembic). One branch per sub-package; ``upgrade heads`` applies all."""
