@@ -97,4 +97,8 @@ def create_context(settings: Settings, *, run_migrations: bool = True) -> AppCon
     if run_migrations:
         migrate(url)
     engine = make_engine(url)
-    return AppContext(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+    ctx = AppContext(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+    from flip_imaging.archive.store import recover  # the store needs the context type
+
+    recover(ctx)
+    return ctx

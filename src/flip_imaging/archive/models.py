@@ -203,3 +203,15 @@ class File(Base):
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
     content_type: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+class ArchiveTxn(Base):
+    """Marks an archive write transaction as committed, so crash recovery knows which way to go.
+
+    A row is inserted in the same database transaction as the catalog change; if it exists after a
+    crash, the file moves stand and pending deletions are finished; if not, the moves are undone.
+    """
+
+    __tablename__ = "archive_txns"
+    txid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

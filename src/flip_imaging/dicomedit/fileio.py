@@ -1,0 +1,219 @@
+"""Strict DICOM file reading and atomic writing for de-identification.
+
+pydicom quietly accepts truncated or corrupt files (it stops at the damage), which would let a
+half-read file through de-identification and out as a "clean" but broken copy. `read_checked`
+first walks the element structure (tags, VRs, lengths, sequence delimiters; values are skipped,
+so pixel data is never decoded) and refuses anything that does not end exactly where it should.
+Error messages name the problem, never element values.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+VALID_VRS = frozenset(
+    "AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
+    .split()
+)
+LONG_VRS = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+UNDEFINED = 0xFFFFFFFF
+ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+IMPLICIT_LE = "1.2.840.10008.1.2"
+EXPLICIT_BE = "1.2.840.10008.1.2.2"
+DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
+
+
+class BadDicomFile(Exception):
+    """The input is not a complete, well-formed DICOM Part 10 file."""
+
+
+class _Walker:
+    def __init__(self, data: bytes, pos: int, implicit: bool, little: bool) -> None:
+        self.data = data
+        self.pos = pos
+        self.implicit = implicit
+        self.end = "<" if little else ">"
+
+    def need(self, n: int, what: str) -> None:
+        if self.pos + n > len(self.data):
+            raise BadDicomFile(f"file is truncated (in {what} at byte {self.pos})")
+
+    def tag(self) -> int:
+        self.need(4, "tag")
+        g, e = struct.unpack_from(self.end + "HH", self.data, self.pos)
+        self.pos += 4
+        return (g << 16) | e
+
+    def u32(self) -> int:
+        self.need(4, "length")
+        (v,) = struct.unpack_from(self.end + "I", self.data, self.pos)
+        self.pos += 4
+        return int(v)
+
+    def dataset(self, stop: int | None, in_item: bool, depth: int = 0) -> None:
+        """Walk elements until `stop` (a byte offset) or, for undefined-length items, the item end."""
+        if depth > 64:
+            raise BadDicomFile("sequences nested too deeply")
+        while True:
+            if stop is not None and self.pos >= stop:
+                if self.pos > stop:
+                    raise BadDicomFile("element runs past the end of its item")
+                return
+            if stop is None and not in_item and self.pos == len(self.data):
+                return
+            tag = self.tag()
+            if tag == ITEM_END:
+                if not in_item or stop is not None:
+                    raise BadDicomFile("unexpected item delimiter")
+                self.u32()
+                return
+            if tag in (ITEM, SEQ_END):
+                raise BadDicomFile("unexpected item tag outside a sequence")
+            vr = self.element_header(tag)
+            length = self._length
+            if length == UNDEFINED:
+                if vr in ("SQ", "UN", None) or tag == 0x7FE00010 or vr in ("OB", "OW"):
+                    self.sequence(depth, encapsulated=vr not in ("SQ", None, "UN") or tag == 0x7FE00010)
+                else:
+                    raise BadDicomFile(f"undefined length not allowed for VR {vr}")
+                continue
+            self.need(length, f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+            if vr == "SQ":
+                end = self.pos + length
+                self.sequence_items(end, depth)
+            else:
+                self.pos += length
+
+    def element_header(self, tag: int) -> str | None:
+        if self.implicit or tag >> 16 == 0xFFFE:
+            self._length = self.u32()
+            return None
+        self.need(2, "VR")
+        vr_bytes = self.data[self.pos:self.pos + 2]
+        self.pos += 2
+        try:
+            vr = vr_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            vr = "??"
+        if vr not in VALID_VRS:
+            raise BadDicomFile(f"unknown VR at ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        if vr in LONG_VRS:
+            self.need(2, "reserved bytes")
+            self.pos += 2
+            self._length = self.u32()
+        else:
+            self.need(2, "length")
+            (self._length,) = struct.unpack_from(self.end + "H", self.data, self.pos)
+            self.pos += 2
+        return vr
+
+    _length = 0
+
+    def sequence_items(self, end: int, depth: int) -> None:
+        while self.pos < end:
+            tag = self.tag()
+            length = self.u32()
+            if tag == SEQ_END:
+                raise BadDicomFile("sequence delimiter inside a defined-length sequence")
+            if tag != ITEM:
+                raise BadDicomFile("expected a sequence item")
+            if length == UNDEFINED:
+                self.dataset(None, True, depth + 1)
+            else:
+                self.need(length, "sequence item")
+                self.dataset(self.pos + length, True, depth + 1)
+        if self.pos != end:
+            raise BadDicomFile("sequence item runs past the end of its sequence")
+
+    def sequence(self, depth: int, encapsulated: bool) -> None:
+        """Undefined-length sequence or encapsulated pixel data: items until the sequence delimiter."""
+        while True:
+            tag = self.tag()
+            length = self.u32()
+            if tag == SEQ_END:
+                return
+            if tag != ITEM:
+                raise BadDicomFile("expected a sequence item")
+            if encapsulated:
+                if length == UNDEFINED:
+                    raise BadDicomFile("undefined-length fragment")
+                self.need(length, "pixel data fragment")
+                self.pos += length
+            elif length == UNDEFINED:
+                self.dataset(None, True, depth + 1)
+            else:
+                self.need(length, "sequence item")
+                self.dataset(self.pos + length, True, depth + 1)
+
+
+def check_structure(data: bytes) -> None:
+    """Raise BadDicomFile unless `data` is a complete DICOM Part 10 file."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise BadDicomFile("not a DICOM Part 10 file (no 128-byte preamble and 'DICM' prefix)")
+    meta = _Walker(data, 132, implicit=False, little=True)
+    ts = None
+    while meta.pos < len(data):
+        meta.need(4, "file meta")
+        group = struct.unpack_from("<H", data, meta.pos)[0]
+        if group != 0x0002:
+            break
+        tag = meta.tag()
+        meta.element_header(tag)
+        meta.need(meta._length, "file meta")
+        if tag == 0x00020010:
+            ts = data[meta.pos:meta.pos + meta._length].rstrip(b"\x00 ").decode("ascii", "replace")
+        meta.pos += meta._length
+    if ts is None:
+        raise BadDicomFile("file meta has no Transfer Syntax UID")
+    if ts in DEFLATED:
+        return  # compressed stream: pydicom inflates and checks it
+    body = _Walker(data, meta.pos, implicit=ts == IMPLICIT_LE, little=ts != EXPLICIT_BE)
+    body.dataset(None, False)
+
+
+def read_checked(path: Path) -> Dataset:
+    """Read a DICOM file, refusing truncated, malformed or non-DICOM input with a clear reason."""
+    data = path.read_bytes()
+    check_structure(data)
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        raise BadDicomFile("not a DICOM Part 10 file") from None
+    except Exception as e:
+        raise BadDicomFile(f"unreadable DICOM ({type(e).__name__})") from None
+
+
+def write_atomic(ds: Dataset, dest: Path) -> None:
+    """Write to a temporary file next to `dest`, fsync, then rename: never a half-written output."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            ds.save_as(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(dest.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)

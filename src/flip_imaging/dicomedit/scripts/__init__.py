@@ -1,0 +1,39 @@
+"""Bundled DicomEdit 6 scripts: FLIP's site de-identification script and XNAT's default, as text."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+_SECRET_LINE = re.compile(r'^dateShiftSecret := "[^"\n]*"$', re.MULTILINE)
+_SECRET_OK = re.compile(r"[A-Za-z0-9_.:-]{16,128}")
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def flip_site_script(secret: str | None = None) -> str:
+    """FLIP's site script (PS3.15 Annex E basic profile + options), see the comments in the file.
+
+    ``secret`` replaces the built-in date-shift secret, so a subject's shift cannot be recomputed from
+    its label by someone who only has the published script. It must be 16-128 characters of
+    ``[A-Za-z0-9_.:-]`` (it is pasted into a DicomEdit string literal).
+    """
+    text = _read("flip_site.das")
+    if secret is None:
+        return text
+    if not _SECRET_OK.fullmatch(secret):
+        raise ValueError("date-shift secret must be 16-128 characters of [A-Za-z0-9_.:-]")
+    text, count = _SECRET_LINE.subn(f'dateShiftSecret := "{secret}"', text)
+    if count != 1:
+        raise RuntimeError("flip_site.das has no single dateShiftSecret line")
+    return text
+
+
+def xnat_default_script() -> str:
+    """XNAT's default site-wide anonymization script (relabel only; removes no other PHI)."""
+    return _read("xnat_default.das")
+
+
+__all__ = ["flip_site_script", "xnat_default_script"]
