@@ -22,13 +22,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 #: Root of every UID the generator makes; distinctive so a leaked original is easy to find.
 UID_ROOT = "1.2.826.0.1.3680043.99999"
 
 
-class Category(str, Enum):
+class Category(StrEnum):
     """How a de-identified output must treat a planted value."""
 
     IDENTIFYING = "identifying"  # must not appear anywhere in the output
