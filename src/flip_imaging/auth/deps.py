@@ -59,15 +59,14 @@ def authenticate_password(db: Session, username: str, password: str) -> User | N
     if token is None:
         verify_password(password, None)  # same cost as a real check
         return None
-    now = datetime.now(UTC)
-    expires = token.expires_at if token.expires_at.tzinfo else token.expires_at.replace(tzinfo=UTC)
-    if not token.valid or expires <= now or token.secret_sha256 != sha256_hex(password):
-        return None
+    # a single-use token is spent with a conditional UPDATE so that two concurrent requests cannot both
+    # use it; the spend is committed at once so that it sticks even if the request fails later
+    from flip_imaging.auth.service import consume_token
+
+    owner = consume_token(db, username, password)
     if token.single_use:
-        token.valid = False
         db.commit()
-    owner = db.get(User, token.user_pk)
-    return owner if owner is not None and owner.enabled else None
+    return owner
 
 
 def session_user(db: Session, session_id: str) -> User | None:

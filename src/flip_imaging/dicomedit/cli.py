@@ -146,8 +146,8 @@ def _report(console: Console, summary: Summary, out: Path) -> None:
     table.add_row("failed", str(len(summary.failed)))
     console.print(table)
     for path in summary.rejected:
-        console.print(f"rejected: {path}")
+        console.print(f"rejected: {path}", soft_wrap=True)
     for path, reason in summary.failed:
-        console.print(f"[red]failed[/]: {path}: {reason}")
+        console.print(f"[red]failed[/]: {path}: {reason}", soft_wrap=True)  # no wrapping: greppable
     if summary.done:
-        console.print(f"output in {out}")
+        console.print(f"output in {out}", soft_wrap=True)

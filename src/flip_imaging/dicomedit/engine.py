@@ -37,7 +37,9 @@ from .syntax import (
     parse_tagpath_text,
 )
 from .tagpath import (
+    PathSet,
     TagPath,
+    TreeIndex,
     element_vr,
     find_block,
     resolve,
@@ -63,6 +65,39 @@ class ApplyResult:
         return "".join(line + "\n" for line in self.echo)
 
 
+@dataclass(slots=True)
+class _DeleteRun(Node):
+    """Consecutive delete statements executed as one pass (built by `Script`, never by the parser)."""
+
+    paths: PathSet
+    count: int
+
+
+def _batch_deletes(stmts: list[Node]) -> list[Node]:
+    """Replace runs of consecutive batchable deletes (see PathSet) with one _DeleteRun each."""
+    out: list[Node] = []
+    run: list[Delete] = []
+
+    def flush() -> None:
+        if len(run) > 1:
+            out.append(_DeleteRun(run[0].line, run[0].col, PathSet([d.path for d in run]), len(run)))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for st in stmts:
+        if isinstance(st, Delete) and PathSet.accepts(st.path):
+            run.append(st)
+            continue
+        flush()
+        if isinstance(st, IfBlock):
+            st = IfBlock(st.line, st.col, [(c, _batch_deletes(body)) for c, body in st.branches],
+                         _batch_deletes(st.otherwise) if st.otherwise is not None else None)
+        out.append(st)
+    flush()
+    return out
+
+
 class _Abort(Exception):
     """Internal: an evaluation error at a known position."""
 
@@ -84,6 +119,7 @@ class Script:
         self._uid_lock = threading.Lock()
         self._path_cache: dict[str, TagPath] = {}
         self._regex_cache: dict[str, re.Pattern[str]] = {}
+        self._statements = _batch_deletes(program.statements)
 
     @classmethod
     def parse(cls, text: str) -> Script:
@@ -101,7 +137,7 @@ class Script:
         """Edit `dataset` in place; an evaluation error raises DicomEditRuntimeError, keeping changes."""
         run = _Run(self, dataset, variables or {}, lookup_tables or {})
         try:
-            run.exec_block(self._program.statements)
+            run.exec_block(self._statements)
         except fn.Rejected:
             pass
         except _Abort as e:
@@ -160,6 +196,17 @@ class _Run:
         little = enc[1] if enc[1] is not None else True
         self.encoding = (bool(implicit), bool(little))
         self.sop_uid_before = ds._dict.get(BaseTag(0x00080018))
+        self.index = TreeIndex()
+
+    def resolve(self, path: TagPath) -> list[tuple[Dataset, int]]:
+        """Elements `path` addresses in this run's dataset (through the run's tree index)."""
+        return resolve(self.ds, path, self.index)
+
+    def store(self, ds: Dataset, tag: int, vr: str, value: str) -> None:
+        """Write a value, telling the tree index when the element is new."""
+        if tag not in ds._dict:
+            self.index.added(ds)
+        store(ds, tag, vr, value, self.encodings, self.encoding)
 
     # ---- statements ----------------------------------------------------------------------------
     def exec_block(self, stmts: list[Node]) -> None:
@@ -188,6 +235,9 @@ class _Run:
             if isinstance(value, tuple):
                 value = "\\".join(value)
             self.assign(st.path, value, st.only_if_present, st)
+        elif t is _DeleteRun:
+            assert isinstance(st, _DeleteRun)
+            self.delete_set(st.paths)
         elif t is Delete:
             assert isinstance(st, Delete)
             self.delete(st.path)
@@ -216,7 +266,7 @@ class _Run:
             v = self.value(st.value) if st.value is not None else ""
             self.result.echo.append(self.as_text(v))
         elif t is RemoveAllPrivate:
-            fn.remove_all_private(self.ds)
+            fn.remove_all_private(self.ds, self.index)
         elif t in (Describe, Export):
             return
         else:  # pragma: no cover - parser never builds anything else
@@ -260,7 +310,7 @@ class _Run:
         return v
 
     def read_path(self, path: TagPath) -> str | None:
-        hits = resolve(self.ds, path)
+        hits = resolve(self.ds, path, self.index)
         if not hits:
             return None
         parent, tag = hits[0]
@@ -304,11 +354,11 @@ class _Run:
                 node,
             )
         if only_if_present:
-            hits = resolve(self.ds, path)
+            hits = resolve(self.ds, path, self.index)
             if not hits:
                 return
             parent, tag = hits[0]
-            store(parent, tag, element_vr(parent, tag), value, self.encodings, self.encoding)
+            self.store(parent, tag, element_vr(parent, tag), value)
             return
         ds = self.ds
         steps = path.steps
@@ -331,37 +381,65 @@ class _Run:
                     new_vr = private_vr(tag, pattern.creator)
             if last:
                 vr = element_vr(ds, tag) if tag in ds._dict else new_vr
-                store(ds, tag, vr, value, self.encodings, self.encoding)
+                self.store(ds, tag, vr, value)
                 return
             if tag in ds._dict:
                 if element_vr(ds, tag) != "SQ":
                     raise _Abort(f"{pattern.text} is not a sequence", node)
                 seq = ds[tag].value
             else:
+                self.index.added(ds)
                 seq = new_sequence(ds, tag)
             index = step.item
             assert isinstance(index, int)
-            while len(seq) <= index:
-                seq.append(Dataset())
+            if len(seq) <= index:
+                self.index.items_changed(ds)
+                while len(seq) <= index:
+                    seq.append(Dataset())
             ds = seq[index]
 
     def _reserve_block(self, ds: Dataset, group: int, creator: str) -> int:
         used = {t & 0xFF for t in ds._dict if t >> 16 == group and 0x10 <= (t & 0xFFFF) <= 0xFF}
         for block in range(0x10, 0x100):
             if block not in used:
-                store(ds, (group << 16) | block, "LO", creator, self.encodings, self.encoding)
+                self.store(ds, (group << 16) | block, "LO", creator)
                 return block
         raise _Abort(f"no free private block in group {group:04X}")
 
     def delete(self, path: TagPath) -> None:
         if path.last.item is not None:
             # deleting items of a sequence: remove from the end so indexes stay valid
-            for parent, tag, idx in sorted(resolve_items(self.ds, path), key=lambda x: -x[2]):
+            for parent, tag, idx in sorted(resolve_items(self.ds, path, self.index), key=lambda x: -x[2]):
                 del parent[tag].value[idx]
+                self.index.items_changed(parent)
             return
-        for parent, tag in resolve(self.ds, path):
+        for parent, tag in resolve(self.ds, path, self.index):
             if tag in parent._dict:
                 del parent._dict[tag]
+                self.index.deleted(parent, tag)
+
+    def delete_set(self, paths: PathSet) -> None:
+        """Delete what a run of statements addresses: top level first, then items top-down, so
+        nothing is opened that is about to be deleted with its sequence."""
+        index = self.index
+        ds = self.ds
+        for tag in paths.top_hits(ds, index):
+            if tag in ds._dict:
+                del ds._dict[tag]
+                index.deleted(ds, tag)
+        if paths.has_deep:
+            self._delete_deep(ds, paths)
+        for path in paths.other:
+            self.delete(path)
+
+    def _delete_deep(self, ds: Dataset, paths: PathSet) -> None:
+        index = self.index
+        for item in index.items(ds):
+            d = item._dict
+            for tag in paths.deep_hits(item, index):
+                del d[tag]
+                index.deleted(item, tag)
+            self._delete_deep(item, paths)
 
     # ---- end of run ----------------------------------------------------------------------------
     def finish(self) -> None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 
 from .hashuid import hash_uid, new_uid
-from .tagpath import TagPath, element_vr, resolve, sequence_items
-from .values import read_string, store
+from .tagpath import TagPath, TreeIndex, element_vr
+from .values import read_string
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import _Run
@@ -141,7 +141,7 @@ def _path_or_value_strings(run: _Run, node: Node) -> list[str]:
 
     if isinstance(node, PathRef):
         out = []
-        for parent, tag in resolve(run.ds, node.path):
+        for parent, tag in run.resolve(node.path):
             s = read_string(parent, tag)
             if s is not None:
                 out.append(s)
@@ -187,7 +187,7 @@ def f_lookup(run: _Run, args: list[Node]) -> Value:
 
 def f_is_present(run: _Run, args: list[Node]) -> Value:
     _arity(args, 1, 1, "isPresent[tagpath]")
-    return _bool(bool(resolve(run.ds, run.path_arg(args[0]))))
+    return _bool(bool(run.resolve(run.path_arg(args[0]))))
 
 
 def f_and(run: _Run, args: list[Node]) -> Value:
@@ -230,14 +230,14 @@ def f_hash_uid(run: _Run, args: list[Node]) -> Value:
 
 def f_hash_uid_list(run: _Run, args: list[Node]) -> Value:
     for a in args:
-        for parent, tag in resolve(run.ds, run.path_arg(a)):
+        for parent, tag in run.resolve(run.path_arg(a)):
             if _is_creator(tag):
                 continue
             s = read_string(parent, tag)
             if s is None:
                 continue
             hashed = "\\".join(hash_uid(x) for x in s.split("\\"))
-            store(parent, tag, element_vr(parent, tag), hashed, run.encodings, run.encoding)
+            run.store(parent, tag, element_vr(parent, tag), hashed)
     return None
 
 
@@ -258,12 +258,12 @@ def f_map_referenced_uids(run: _Run, args: list[Node]) -> Value:
     _arity(args, 2, None, "mapReferencedUIDs[prefix, tagpath...]")
     prefix = _text(run, args[0], "prefix")
     for a in args[1:]:
-        for parent, tag in resolve(run.ds, run.path_arg(a)):
+        for parent, tag in run.resolve(run.path_arg(a)):
             s = read_string(parent, tag)
             if not s:
                 continue
             mapped = "\\".join(run.script.map_uid(x, prefix) for x in s.split("\\"))
-            store(parent, tag, element_vr(parent, tag), mapped, run.encodings, run.encoding)
+            run.store(parent, tag, element_vr(parent, tag), mapped)
     return None
 
 
@@ -319,7 +319,7 @@ def _date_arg(run: _Run, node: Node) -> str:
         path = node.path
         if not path.singular:
             raise FunctionError(f"argument must resolve to a single attribute: {path.text}")
-        hits = resolve(run.ds, path)
+        hits = run.resolve(path)
         if hits:
             vr = element_vr(*hits[0])
             if vr not in ("DA", "DT"):
@@ -347,7 +347,7 @@ def f_shift_date(run: _Run, args: list[Node]) -> Value:
 
 
 def _shift_all(run: _Run, path: TagPath, inc: int, units: str, skip_errors: bool) -> None:
-    for parent, tag in resolve(run.ds, path):
+    for parent, tag in run.resolve(path):
         s = read_string(parent, tag)
         if not s:
             continue
@@ -357,7 +357,7 @@ def _shift_all(run: _Run, path: TagPath, inc: int, units: str, skip_errors: bool
             if skip_errors:
                 continue
             raise
-        store(parent, tag, element_vr(parent, tag), shifted, run.encodings, run.encoding)
+        run.store(parent, tag, element_vr(parent, tag), shifted)
 
 
 def f_shift_datetime_list(run: _Run, args: list[Node]) -> Value:
@@ -418,11 +418,11 @@ def f_remove_tags(run: _Run, args: list[Node]) -> Value:
 
 def f_blank_values(run: _Run, args: list[Node]) -> Value:
     for a in args:
-        for parent, tag in resolve(run.ds, run.path_arg(a)):
+        for parent, tag in run.resolve(run.path_arg(a)):
             vr = element_vr(parent, tag)
             if vr == "SQ":
                 continue
-            store(parent, tag, vr, "", run.encodings, run.encoding)
+            run.store(parent, tag, vr, "")
     return None
 
 
@@ -430,19 +430,26 @@ def _is_creator(tag: int) -> bool:
     return bool((tag >> 16) & 1) and 0x10 <= (tag & 0xFFFF) <= 0xFF
 
 
-def remove_all_private(ds: Dataset) -> None:
+def remove_all_private(ds: Dataset, index: TreeIndex | None = None) -> None:
     """Delete every odd-group element (creators included) at every level of the dataset."""
-    for tag in list(ds._dict):
-        if (tag >> 16) & 1:
-            del ds._dict[tag]
-        elif tag != 0x7FE00010:
-            for item in sequence_items(ds, tag):
-                remove_all_private(item)
+    index = index or TreeIndex()
+    _remove_private(ds, index)
+    index.clear()
+
+
+def _remove_private(ds: Dataset, index: TreeIndex) -> None:
+    d = ds._dict
+    for tag in [t for t in d if (t >> 16) & 1]:
+        del d[tag]
+    for tag, items in index.sequences(ds).items():
+        if not (tag >> 16) & 1:
+            for item in items:
+                _remove_private(item, index)
 
 
 def f_remove_all_private(run: _Run, args: list[Node]) -> Value:
     _arity(args, 0, 0, "removeAllPrivateTags[]")
-    remove_all_private(run.ds)
+    remove_all_private(run.ds, run.index)
     return None
 
 
@@ -452,21 +459,24 @@ def f_retain_private(run: _Run, args: list[Node]) -> Value:
         path = run.path_arg(a)
         if not path.is_private_leaf:
             raise FunctionError(f"argument must be a private tag path: {path.text}")
-        for parent, tag in resolve(run.ds, path):
+        for parent, tag in run.resolve(path):
             keep.add((id(parent), tag))
             keep.add((id(parent), (tag & 0xFFFF0000) | ((tag >> 8) & 0xFF)))
-    _retain(run.ds, keep)
+    _retain(run.ds, keep, run.index)
+    run.index.clear()
     return None
 
 
-def _retain(ds: Dataset, keep: set[tuple[int, int]]) -> None:
-    for tag in list(ds._dict):
-        if (tag >> 16) & 1:
-            if (id(ds), tag) not in keep:
-                del ds._dict[tag]
-        elif tag != 0x7FE00010:
-            for item in sequence_items(ds, tag):
-                _retain(item, keep)
+def _retain(ds: Dataset, keep: set[tuple[int, int]], index: TreeIndex) -> None:
+    d = ds._dict
+    key = id(ds)
+    for tag in [t for t in d if (t >> 16) & 1]:
+        if (key, tag) not in keep:
+            del d[tag]
+    for tag, items in index.sequences(ds).items():
+        if not (tag >> 16) & 1:
+            for item in items:
+                _retain(item, keep, index)
 
 
 # ---- control -------------------------------------------------------------------------------------

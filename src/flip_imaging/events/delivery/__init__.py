@@ -1,0 +1,1 @@
+"""Tables of the Event Service: subscriptions and their delivery history."""
