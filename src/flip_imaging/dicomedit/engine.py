@@ -423,9 +423,9 @@ class _Run:
         nothing is opened that is about to be deleted with its sequence."""
         index = self.index
         ds = self.ds
+        d = ds._dict
         for tag in paths.top_hits(ds, index):
-            if tag in ds._dict:
-                del ds._dict[tag]
+            if d.pop(tag, None) is not None:  # type: ignore[call-overload]
                 index.deleted(ds, tag)
         if paths.has_deep:
             self._delete_deep(ds, paths)

@@ -311,6 +311,10 @@ def _select_items(items: list[Dataset], item: int | str | None) -> list[Dataset]
 
 def resolve(ds: Dataset, path: TagPath, index: TreeIndex | None = None) -> list[tuple[Dataset, int]]:
     """Every existing element that `path` addresses, as (containing dataset, tag)."""
+    steps = path.steps
+    if len(steps) == 1 and steps[0].pattern is not None and steps[0].pattern.exact is not None:
+        tag = steps[0].pattern.exact  # the common case: one public tag at the top level
+        return [(ds, tag)] if tag in ds._dict else []
     out: list[tuple[Dataset, int]] = []
     _walk(ds, path.steps, 0, out, index or TreeIndex())
     return out

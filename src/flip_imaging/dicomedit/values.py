@@ -7,7 +7,9 @@ value the script produced, and untouched elements stay as pydicom's lazy RawData
 from __future__ import annotations
 
 from collections.abc import Sequence as SeqABC
+from functools import lru_cache
 
+from pydicom import config
 from pydicom.charset import encode_string
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -30,10 +32,41 @@ class ValueError_(Exception):
 
 
 def _one(x: object) -> str:
-    if isinstance(x, float):
+    if type(x) is float:  # FL/FD: shortest round-trip form, Java-like without a trailing ".0"
         r = repr(x)
         return r[:-2] if r.endswith(".0") else r
+    # DS (DSfloat/DSdecimal) and IS keep the text they were read from; their repr() adds quotes
     return str(x)
+
+
+# VRs that pydicom converts (datetime_conversion off) by decoding as ISO 8859-1 and stripping
+# trailing spaces/NULs, so their raw bytes can be read without converting the element. Keeping the
+# element raw also lets pydicom write it back without re-encoding.
+_PLAIN_VRS = frozenset({"AS", "CS", "DA", "DT", "TM"})
+# Character-set dependent text: plain ASCII without ESC (ISO 2022 code extensions) decodes the same
+# under every character set pydicom supports. Multi-valued ones strip each value, the others the whole.
+_MULTI_TEXT_VRS = frozenset({"SH", "LO", "UC"})
+_SINGLE_TEXT_VRS = frozenset({"LT", "ST", "UT"})
+
+
+def _raw_string(elem: object) -> str | None:
+    """The getString form of an unconverted element, or None if it needs pydicom's conversion."""
+    if type(elem) is not RawDataElement:
+        return None
+    vr, data = elem.VR, elem.value
+    if not isinstance(data, bytes) or not data.isascii():
+        return None
+    if vr == "UI":
+        return "\\".join(x.strip() for x in data.decode("latin-1").rstrip("\x00 ").split("\\"))
+    if vr in _PLAIN_VRS and not config.datetime_conversion:
+        return data.decode("latin-1").rstrip(" \x00")
+    if b"\x1b" in data:
+        return None
+    if vr in _MULTI_TEXT_VRS:
+        return "\\".join(v.rstrip("\x00 ") for v in data.decode("ascii").split("\\"))
+    if vr in _SINGLE_TEXT_VRS:
+        return data.decode("ascii").rstrip("\x00 ")
+    return None
 
 
 def read_string(ds: Dataset, tag: int) -> str | None:
@@ -45,6 +78,9 @@ def read_string(ds: Dataset, tag: int) -> str | None:
         raise ValueError_("cannot read a sequence as a value")
     if tag == 0x7FE00010:
         raise ValueError_("pixel data cannot be read as a value")
+    fast = _raw_string(ds._dict[tag])
+    if fast is not None:
+        return fast
     value = ds[tag].value
     if value is None:
         return ""
@@ -55,6 +91,7 @@ def read_string(ds: Dataset, tag: int) -> str | None:
     return _one(value)
 
 
+@lru_cache(maxsize=4096)
 def default_vr(tag: int) -> str:
     try:
         vr = dictionary_VR(tag)
@@ -65,6 +102,7 @@ def default_vr(tag: int) -> str:
     return vr
 
 
+@lru_cache(maxsize=4096)
 def private_vr(tag: int, creator: str) -> str:
     try:
         vr = private_dictionary_VR(tag, creator)
