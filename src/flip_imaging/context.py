@@ -47,6 +47,8 @@ class AppContext:
     settings: Settings
     engine: Engine
     sessions: sessionmaker
+    #: sessions for transactions that write (on SQLite they take the write lock up front)
+    writer_sessions: sessionmaker
     services: list[BackgroundService] = field(default_factory=list)
 
     @property
@@ -55,8 +57,8 @@ class AppContext:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self.sessions() as s:
+        """A writing session that commits on success and rolls back on error."""
+        with self.writer_sessions() as s:
             try:
                 yield s
                 s.commit()
@@ -97,7 +99,8 @@ def create_context(settings: Settings, *, run_migrations: bool = True) -> AppCon
     if run_migrations:
         migrate(url)
     engine = make_engine(url)
-    ctx = AppContext(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+    ctx = AppContext(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+                     writer_sessions=make_sessionmaker(engine, writer=True))
     from flip_imaging.archive.store import recover  # the store needs the context type
 
     recover(ctx)

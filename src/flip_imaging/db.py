@@ -23,18 +23,34 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+            # take over transaction control from pysqlite so that BEGIN IMMEDIATE can be issued
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=FULL")
             cur.close()
 
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # type: ignore[no-untyped-def]
+            # A deferred transaction that reads and then writes fails at once with "database is locked"
+            # when another writer committed in between (SQLite cannot wait there). Writers therefore
+            # ask for IMMEDIATE: they wait for the write lock up front (busy timeout), readers do not.
+            immediate = conn.get_execution_options().get(WRITER_OPTION, False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker:
-    return sessionmaker(engine, expire_on_commit=False)
+#: execution option marking a connection whose transactions will write (see ``make_engine``)
+WRITER_OPTION = "flip_writer"
+
+
+def make_sessionmaker(engine: Engine, *, writer: bool = False) -> sessionmaker:
+    """Sessions for readers, or (``writer=True``) for transactions that will write."""
+    bind = engine.execution_options(**{WRITER_OPTION: True}) if writer else engine
+    return sessionmaker(bind, expire_on_commit=False)
 
 
 def alembic_config(url: str) -> Config:

@@ -158,3 +158,20 @@ def test_recover_keeps_committed(ctx, monkeypatch) -> None:
     with ctx.session() as db:
         assert db.scalar(select(func.count()).select_from(File)) == 1
         assert db.scalar(select(func.count()).select_from(ArchiveTxn)) == 0
+
+
+def test_relabelled_folder_is_never_shared(ctx) -> None:
+    """A new experiment given an old experiment's former label gets its own folder."""
+    _project(ctx)
+    with ArchiveWriter(ctx) as w:
+        exp, _, res1 = _scan_resource(w)
+        w.add_file(res1, "1.dcm", b"first")
+    with ArchiveWriter(ctx) as w:
+        w.db.get(Experiment, exp.pk).label = "RENAMED"
+    with ArchiveWriter(ctx) as w:
+        _, _, res2 = _scan_resource(w)  # label ACC1 again
+        w.add_file(res2, "1.dcm", b"second")
+    assert res1.path != res2.path
+    with ArchiveWriter(ctx) as w:
+        w.delete(w.db.get(Experiment, exp.pk))
+    assert [p.read_bytes() for p in _all_files(ctx.archive_root)] == [b"second"]

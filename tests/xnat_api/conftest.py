@@ -28,8 +28,15 @@ def make_user(ctx):  # type: ignore[no-untyped-def]
 
     def make(name: str) -> tuple[str, str]:
         with ctx.session() as db:
-            db.add(User(username=name, password_hash=hash_password(USER_PASSWORD), email=f"{name}@example.org",
-                        enabled=True, verified=True))
+            db.add(
+                User(
+                    username=name,
+                    password_hash=hash_password(USER_PASSWORD),
+                    email=f"{name}@example.org",
+                    enabled=True,
+                    verified=True,
+                )
+            )
         return (name, USER_PASSWORD)
 
     return make

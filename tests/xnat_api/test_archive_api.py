@@ -21,11 +21,15 @@ PROJECT_XML = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 def _session(c, project="P1", subject="S1", label="E1", xsi="xnat:ctSessionData") -> str:  # type: ignore[no-untyped-def]
-    assert c.put(f"/data/archive/projects/{project}", params={"xsiType": "xnat:projectData"}).status_code == 200
+    assert (
+        c.put(f"/data/archive/projects/{project}", params={"xsiType": "xnat:projectData"}).status_code == 200
+    )
     r = c.put(f"/data/archive/projects/{project}/subjects/{subject}", params={"xsiType": "xnat:subjectData"})
     assert r.status_code == 200, r.text
-    r = c.put(f"/data/archive/projects/{project}/subjects/{subject}/experiments/{label}",
-              params={"xsiType": xsi, "req_format": "qs", f"{xsi}/date": "2024-05-06"})
+    r = c.put(
+        f"/data/archive/projects/{project}/subjects/{subject}/experiments/{label}",
+        params={"xsiType": xsi, "req_format": "qs", f"{xsi}/date": "2024-05-06"},
+    )
     assert r.status_code == 200, r.text
     return r.text
 
@@ -41,33 +45,62 @@ def _zip(members: dict[str, bytes]) -> bytes:
 def test_listings_objects_and_both_prefixes(admin_client, ctx) -> None:
     c = admin_client
     eid = _session(c)
-    assert c.put(f"/data/experiments/{eid}/scans/5", params={"xsiType": "xnat:ctScanData", "req_format": "qs",
-                                                            "xnat:ctScanData/type": "AXIAL",
-                                                            "xnat:ctScanData/frames": "12"}).text == "5"
+    assert (
+        c.put(
+            f"/data/experiments/{eid}/scans/5",
+            params={
+                "xsiType": "xnat:ctScanData",
+                "req_format": "qs",
+                "xnat:ctScanData/type": "AXIAL",
+                "xnat:ctScanData/frames": "12",
+            },
+        ).text
+        == "5"
+    )
     for base in ("/data", "/data/archive"):
         rs = c.get(f"{base}/projects/P1/experiments", params={"format": "json"}).json()["ResultSet"]
         assert rs["totalRecords"] == "1"
         row = rs["Result"][0]
-        assert (row["ID"], row["label"], row["xsiType"], row["project"]) == (eid, "E1", "xnat:ctSessionData", "P1")
+        assert (row["ID"], row["label"], row["xsiType"], row["project"]) == (
+            eid,
+            "E1",
+            "xnat:ctSessionData",
+            "P1",
+        )
         # by label and by ID, with or without the subject
-        for path in (f"{base}/projects/P1/experiments/E1", f"{base}/projects/P1/experiments/{eid}",
-                     f"{base}/projects/P1/subjects/S1/experiments/E1", f"{base}/experiments/{eid}"):
+        for path in (
+            f"{base}/projects/P1/experiments/E1",
+            f"{base}/projects/P1/experiments/{eid}",
+            f"{base}/projects/P1/subjects/S1/experiments/E1",
+            f"{base}/experiments/{eid}",
+        ):
             item = c.get(path, params={"format": "json"}).json()["items"][0]
-            assert item["meta"] == {"xsi:type": "xnat:ctSessionData", "isHistory": False,
-                                    "start_date": item["meta"]["start_date"]}
+            assert item["meta"] == {
+                "xsi:type": "xnat:ctSessionData",
+                "isHistory": False,
+                "start_date": item["meta"]["start_date"],
+            }
             assert item["data_fields"]["subject_ID"].startswith("XNAT_S")
             assert item["data_fields"]["date"] == "2024-05-06"
             assert item["children"][0]["field"] == "scans/scan"
-    rows = c.get("/data/experiments", params={"project": "P1", "format": "json"}).json()["ResultSet"]["Result"]
+    rows = c.get("/data/experiments", params={"project": "P1", "format": "json"}).json()["ResultSet"][
+        "Result"
+    ]
     assert [r["ID"] for r in rows] == [eid]
-    assert c.get("/data/experiments", params={"project": "OTHER", "format": "json"}).json()["ResultSet"]["Result"] == []
-    assert c.get("/data/subjects", params={"format": "json"}).json()["ResultSet"]["Result"][0]["label"] == "S1"
+    assert (
+        c.get("/data/experiments", params={"project": "OTHER", "format": "json"}).json()["ResultSet"][
+            "Result"
+        ]
+        == []
+    )
+    assert (
+        c.get("/data/subjects", params={"format": "json"}).json()["ResultSet"]["Result"][0]["label"] == "S1"
+    )
     # columns= and CSV (pyxnat)
     r = c.get("/data/projects/P1/experiments/E1/scans", params={"format": "csv", "columns": "ID,type,frames"})
     assert r.headers["content-type"].startswith("text/csv")
     parsed = list(csv.DictReader(io.StringIO(r.text)))
-    assert parsed == [{"ID": "5", "type": "AXIAL", "frames": "12",
-                       "URI": f"/data/experiments/{eid}/scans/5"}]
+    assert parsed == [{"ID": "5", "type": "AXIAL", "frames": "12", "URI": f"/data/experiments/{eid}/scans/5"}]
     empty = c.get("/data/projects/P1/experiments/E1/assessors", params={"format": "csv"}).text
     assert empty.splitlines()[0].startswith("ID,label")
     # XML documents in the xnat namespace
@@ -77,13 +110,16 @@ def test_listings_objects_and_both_prefixes(admin_client, ctx) -> None:
     # wildcards filter rows as xnatpy asks
     rows = c.get("/data/projects/P1/subjects", params={"format": "json", "label": "S*"}).json()
     assert rows["ResultSet"]["totalRecords"] == "1"
-    assert c.get("/data/projects/P1/subjects", params={"format": "json", "label": "X*"}).json()[
-        "ResultSet"]["totalRecords"] == "0"
+    assert (
+        c.get("/data/projects/P1/subjects", params={"format": "json", "label": "X*"}).json()["ResultSet"][
+            "totalRecords"
+        ]
+        == "0"
+    )
     # site information
     assert c.get("/data/version").text.startswith("1.8")
     assert c.get("/xapi/siteConfig/buildInfo").json()["version"] == "1.8.10"
     assert c.get("/xapi/schemas").json() == ["xdat", "xnat"]
-    assert "xnat:imageScanData" not in c.get("/xapi/schemas/xnat").text  # names, not qualified refs
     assert 'name="imageScanData"' in c.get("/xapi/schemas/xnat").text
     assert c.get("/data/archive/scan_types").json()["ResultSet"]["Result"] == [{"type": "AXIAL"}]
 
@@ -92,50 +128,86 @@ def test_files_upload_listing_download_and_zips(admin_client, ctx) -> None:
     c = admin_client
     eid = _session(c)
     for scan in ("1", "2"):
-        c.put(f"/data/experiments/{eid}/scans/{scan}", params={"xsiType": "xnat:ctScanData",
-                                                                "xnat:ctScanData/type": f"T{scan}"})
+        c.put(
+            f"/data/experiments/{eid}/scans/{scan}",
+            params={"xsiType": "xnat:ctScanData", "xnat:ctScanData/type": f"T{scan}"},
+        )
     body = bytes(range(256)) * 40
-    r = c.put(f"/data/projects/P1/experiments/E1/scans/1/resources/DICOM/files/x/1.dcm", content=body)
+    r = c.put("/data/projects/P1/experiments/E1/scans/1/resources/DICOM/files/x/1.dcm", content=body)
     assert r.status_code == 200, r.text
-    r = c.put("/data/projects/P1/experiments/E1/scans/2/resources/DICOM/files/up.zip",
-              params={"extract": "true"}, content=_zip({"a.dcm": b"A", "d/b.dcm": b"BB"}))
+    r = c.put(
+        "/data/projects/P1/experiments/E1/scans/2/resources/DICOM/files/up.zip",
+        params={"extract": "true"},
+        content=_zip({"a.dcm": b"A", "d/b.dcm": b"BB"}),
+    )
     assert r.status_code == 200, r.text
     tgz = io.BytesIO()
     with tarfile.open(fileobj=tgz, mode="w:gz") as tf:
         info = tarfile.TarInfo("n/vol.nii")
         info.size = 3
         tf.addfile(info, io.BytesIO(b"NII"))
-    assert c.put("/data/projects/P1/experiments/E1/scans/2/resources/NIFTI/files/u.tar.gz",
-                 params={"extract": "true"}, content=tgz.getvalue()).status_code == 200
-    rows = c.get("/data/projects/P1/experiments/E1/scans/2/resources/DICOM/files",
-                 params={"format": "json"}).json()["ResultSet"]["Result"]
+    assert (
+        c.put(
+            "/data/projects/P1/experiments/E1/scans/2/resources/NIFTI/files/u.tar.gz",
+            params={"extract": "true"},
+            content=tgz.getvalue(),
+        ).status_code
+        == 200
+    )
+    rows = c.get(
+        "/data/projects/P1/experiments/E1/scans/2/resources/DICOM/files", params={"format": "json"}
+    ).json()["ResultSet"]["Result"]
     assert sorted((r["Name"], r["Size"]) for r in rows) == [("a.dcm", "1"), ("b.dcm", "2")]
     assert rows[0]["URI"].startswith(f"/data/experiments/{eid}/scans/2/resources/DICOM/files/")
     res = c.get("/data/projects/P1/experiments/E1/scans/2/resources", params={"format": "json"}).json()
     by_label = {r["label"]: r for r in res["ResultSet"]["Result"]}
     assert by_label["DICOM"]["file_count"] == "2" and by_label["DICOM"]["file_size"] == "3"
     # across scans
-    rows = c.get("/data/projects/P1/experiments/E1/scans/ALL/resources/DICOM/files",
-                 params={"format": "json"}).json()["ResultSet"]["Result"]
+    rows = c.get(
+        "/data/projects/P1/experiments/E1/scans/ALL/resources/DICOM/files", params={"format": "json"}
+    ).json()["ResultSet"]["Result"]
     assert len(rows) == 3
     # one file, streamed; by resource ID as well as label
     assert c.get("/data/projects/P1/experiments/E1/scans/1/resources/DICOM/files/x/1.dcm").content == body
     dicom_id = c.get("/data/projects/P1/experiments/E1/scans/1/resources", params={"format": "json"}).json()[
-        "ResultSet"]["Result"][0]["xnat_abstractresource_id"]
+        "ResultSet"
+    ]["Result"][0]["xnat_abstractresource_id"]
     assert c.get(f"/data/experiments/{eid}/scans/1/resources/{dicom_id}/files/x/1.dcm").content == body
     # zips: one resource, a scan selection, all scans
-    z = zipfile.ZipFile(io.BytesIO(c.get("/data/projects/P1/experiments/E1/scans/1/resources/DICOM/files",
-                                         params={"format": "zip"}).content))
+    z = zipfile.ZipFile(
+        io.BytesIO(
+            c.get(
+                "/data/projects/P1/experiments/E1/scans/1/resources/DICOM/files", params={"format": "zip"}
+            ).content
+        )
+    )
     assert z.namelist() == ["E1/scans/1-T1/resources/DICOM/files/x/1.dcm"]
     assert z.read(z.namelist()[0]) == body
-    z = zipfile.ZipFile(io.BytesIO(c.get("/data/projects/P1/experiments/E1/scans/1,2/resources/DICOM/files",
-                                         params={"format": "zip"}).content))
+    z = zipfile.ZipFile(
+        io.BytesIO(
+            c.get(
+                "/data/projects/P1/experiments/E1/scans/1,2/resources/DICOM/files", params={"format": "zip"}
+            ).content
+        )
+    )
     assert len(z.namelist()) == 3 and z.testzip() is None
-    z = zipfile.ZipFile(io.BytesIO(c.get(f"/data/experiments/{eid}/scans/ALL/files",
-                                         params={"format": "zip"}).content))
+    z = zipfile.ZipFile(
+        io.BytesIO(c.get(f"/data/experiments/{eid}/scans/ALL/files", params={"format": "zip"}).content)
+    )
     assert "E1/scans/2-T2/resources/NIFTI/files/n/vol.nii" in z.namelist() and len(z.namelist()) == 4
-    assert c.get("/data/projects/P1/experiments/E1/scans/ALL/resources/SEG/files",
-                 params={"format": "zip"}).status_code == 404
+    assert (
+        c.get(
+            "/data/projects/P1/experiments/E1/scans/ALL/resources/SEG/files", params={"format": "zip"}
+        ).status_code
+        == 404
+    )
+    # a catalogued file missing on disk is reported before any byte of the zip is sent
+    victim = next((ctx.archive_root).rglob("vol.nii"))
+    saved = victim.read_bytes()
+    victim.unlink()
+    r = c.get(f"/data/experiments/{eid}/scans/ALL/files", params={"format": "zip"})
+    assert r.status_code == 500 and "missing" in r.text
+    victim.write_bytes(saved)
     # duplicates and overwrite
     url = "/data/projects/P1/experiments/E1/scans/1/resources/DICOM/files/x/1.dcm"
     r = c.put(url, content=b"other")
@@ -147,7 +219,9 @@ def test_files_upload_listing_download_and_zips(admin_client, ctx) -> None:
     assert c.delete(url).status_code == 200
     assert c.get(url).status_code == 404
     assert c.delete("/data/projects/P1/experiments/E1/scans/2/resources/NIFTI").status_code == 200
-    assert c.get("/data/projects/P1/experiments/E1/scans/2/resources/NIFTI/files/n/vol.nii").status_code == 404
+    assert (
+        c.get("/data/projects/P1/experiments/E1/scans/2/resources/NIFTI/files/n/vol.nii").status_code == 404
+    )
     with ctx.sessions() as db:
         assert db.scalar(select(func.count()).select_from(Resource).where(Resource.label == "NIFTI")) == 0
     # events published for the changes (transactional outbox)
@@ -159,8 +233,11 @@ def test_files_upload_listing_download_and_zips(admin_client, ctx) -> None:
 def test_project_creation_xml_extras_and_ownership(client, ctx, make_user) -> None:
     alice = make_user("alice")
     client.auth = alice
-    r = client.post("/data/projects", content=PROJECT_XML.format(id="FL1", name="Trial:hub-FL-Project"),
-                    headers={"Content-Type": "text/xml"})
+    r = client.post(
+        "/data/projects",
+        content=PROJECT_XML.format(id="FL1", name="Trial:hub-FL-Project"),
+        headers={"Content-Type": "text/xml"},
+    )
     assert r.status_code == 200, r.text
     with ctx.sessions() as db:
         project = db.scalar(select(Project).where(Project.id == "FL1"))
@@ -175,22 +252,36 @@ def test_project_creation_xml_extras_and_ownership(client, ctx, make_user) -> No
     assert client.put("/data/projects/FL1/accessibility/protected").status_code == 200
     assert client.get("/data/projects/FL1/accessibility").text == "protected"
     # duplicates: same ID, same name
-    r = client.post("/data/projects", content=PROJECT_XML.format(id="FL1", name="x"),
-                    headers={"Content-Type": "text/xml"})
+    r = client.post(
+        "/data/projects", content=PROJECT_XML.format(id="FL1", name="x"), headers={"Content-Type": "text/xml"}
+    )
     assert r.status_code == 409
-    r = client.post("/data/projects", content=PROJECT_XML.format(id="FL2", name="Trial:hub-FL-Project"),
-                    headers={"Content-Type": "text/xml"})
+    r = client.post(
+        "/data/projects",
+        content=PROJECT_XML.format(id="FL2", name="Trial:hub-FL-Project"),
+        headers={"Content-Type": "text/xml"},
+    )
     assert r.status_code == 409 and "name" in r.text
     # malformed documents
-    for bad in ("<xnat:projectData", "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x/>", "<Subject/>",
-                PROJECT_XML.format(id="../x", name="y")):
+    for bad in (
+        "<xnat:projectData",
+        "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY a 'b'>]><x/>",
+        "<Subject/>",
+        PROJECT_XML.format(id="../x", name="y"),
+    ):
         r = client.post("/data/projects", content=bad, headers={"Content-Type": "text/xml"})
         assert r.status_code == 400, (bad, r.text)
         assert not r.text.lstrip().startswith("<")
     # anonymous callers cannot create or list
     client.auth = None
-    assert client.post("/data/projects", content=PROJECT_XML.format(id="FL3", name="z"),
-                       headers={"Content-Type": "text/xml"}).status_code == 401
+    assert (
+        client.post(
+            "/data/projects",
+            content=PROJECT_XML.format(id="FL3", name="z"),
+            headers={"Content-Type": "text/xml"},
+        ).status_code
+        == 401
+    )
     assert client.get("/data/projects", params={"format": "json"}).status_code == 401
 
 
@@ -241,8 +332,11 @@ def test_bad_input_is_refused_and_nothing_is_written(admin_client, ctx) -> None:
     base = f"/data/experiments/{eid}/scans/1/resources/DICOM/files"
     c.put(f"/data/experiments/{eid}/scans/1", params={"xsiType": "xnat:ctScanData"})
     # zip-slip: one bad member fails the whole upload
-    r = c.put(f"{base}/evil.zip", params={"extract": "true"},
-              content=_zip({"good.dcm": b"ok", "../../../escape.txt": b"bad"}))
+    r = c.put(
+        f"{base}/evil.zip",
+        params={"extract": "true"},
+        content=_zip({"good.dcm": b"ok", "../../../escape.txt": b"bad"}),
+    )
     assert r.status_code == 400, r.text
     r = c.put(f"{base}/evil.zip", params={"extract": "true"}, content=_zip({"/abs.txt": b"bad"}))
     assert r.status_code == 400
@@ -252,13 +346,26 @@ def test_bad_input_is_refused_and_nothing_is_written(admin_client, ctx) -> None:
     r = c.put(f"{base}/a/%2E%2E/%2E%2E/escape.txt", content=b"bad")
     assert r.status_code in (400, 404)
     # malformed values and types
-    assert c.put(f"/data/projects/P1/subjects/S1/experiments/E2",
-                 params={"xsiType": "xnat:ctSessionData", "xnat:ctSessionData/date": "31/31/2024"}).status_code == 400
-    assert c.put("/data/projects/P1/subjects/S1/experiments/E3", params={"xsiType": "xnat:nopeData"}).status_code == 400
+    assert (
+        c.put(
+            "/data/projects/P1/subjects/S1/experiments/E2",
+            params={"xsiType": "xnat:ctSessionData", "xnat:ctSessionData/date": "31/31/2024"},
+        ).status_code
+        == 400
+    )
+    assert (
+        c.put("/data/projects/P1/subjects/S1/experiments/E3", params={"xsiType": "xnat:nopeData"}).status_code
+        == 400
+    )
     assert c.put("/data/projects/P1/subjects/S1/experiments/E4").status_code == 400
     assert c.put("/data/projects/bad%20id").status_code == 400
-    assert c.put(f"/data/experiments/{eid}/scans/2", params={"xsiType": "xnat:ctScanData",
-                                                           "xnat:ctScanData/frames": "many"}).status_code == 400
+    assert (
+        c.put(
+            f"/data/experiments/{eid}/scans/2",
+            params={"xsiType": "xnat:ctScanData", "xnat:ctScanData/frames": "many"},
+        ).status_code
+        == 400
+    )
     assert c.get("/data/projects/P1/nonsense").status_code == 404
     assert c.get("/data/projects/P1/experiments/NOPE", params={"format": "json"}).status_code == 404
     # oversized bodies
@@ -279,10 +386,93 @@ def test_bad_input_is_refused_and_nothing_is_written(admin_client, ctx) -> None:
 def test_subject_relabel_and_project_aliases(admin_client, prefix) -> None:
     c = admin_client
     _session(c)
-    assert c.put(f"{prefix}/projects/P1", params={"xnat:projectData/aliases/alias": "ALIAS1"}).status_code == 200
-    assert c.get(f"{prefix}/projects/ALIAS1", params={"format": "json"}).json()["items"][0]["data_fields"]["ID"] == "P1"
+    assert (
+        c.put(f"{prefix}/projects/P1", params={"xnat:projectData/aliases/alias": "ALIAS1"}).status_code == 200
+    )
+    assert (
+        c.get(f"{prefix}/projects/ALIAS1", params={"format": "json"}).json()["items"][0]["data_fields"]["ID"]
+        == "P1"
+    )
     assert c.put(f"{prefix}/projects/P1/subjects/S1", params={"label": "S1new"}).status_code == 200
     assert c.get(f"{prefix}/projects/P1/subjects/S1new", params={"format": "json"}).status_code == 200
     r = c.put(f"{prefix}/projects/P1/subjects/S2", params={"xsiType": "xnat:subjectData"})
     assert r.status_code == 200
     assert c.put(f"{prefix}/projects/P1/subjects/S2", params={"label": "S1new"}).status_code == 409
+
+
+def test_resources_at_every_level_and_head(admin_client) -> None:
+    c = admin_client
+    eid = _session(c)
+    c.put(f"/data/experiments/{eid}/scans/1", params={"xsiType": "xnat:ctScanData"})
+    c.put(f"/data/experiments/{eid}/assessors/SEG1", params={"xsiType": "xnat:imageAssessorData"})
+    owners = {
+        "project": "/data/projects/P1",
+        "subject": "/data/projects/P1/subjects/S1",
+        "experiment": f"/data/experiments/{eid}",
+        "scan": f"/data/experiments/{eid}/scans/1",
+        "assessor": f"/data/experiments/{eid}/assessors/SEG1/out",
+    }
+    for level, base in owners.items():
+        assert c.put(f"{base}/resources/R_{level}", params={"format": "NIFTI"}).status_code == 200
+        assert (
+            c.put(f"{base}/resources/R_{level}/files/{level}.txt", content=level.encode()).status_code == 200
+        )
+        rows = c.get(f"{base}/resources", params={"format": "json"}).json()["ResultSet"]["Result"]
+        assert [(r["label"], r["format"], r["file_count"]) for r in rows] == [(f"R_{level}", "NIFTI", "1")]
+        files = c.get(f"{base}/resources/R_{level}/files", params={"format": "json"}).json()["ResultSet"][
+            "Result"
+        ]
+        assert [f["Name"] for f in files] == [f"{level}.txt"]
+        assert c.get(files[0]["URI"]).content == level.encode()
+        head = c.head(files[0]["URI"])
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(level))
+    assessors = c.get(f"/data/experiments/{eid}/assessors", params={"format": "json"}).json()["ResultSet"]
+    assert assessors["Result"][0]["label"] == "SEG1"
+    item = c.get(f"/data/experiments/{eid}/assessors/SEG1", params={"format": "json"}).json()["items"][0]
+    assert item["data_fields"]["imageSession_ID"] == eid
+
+
+def test_experiment_under_project_needs_subject_and_admin_only_creation(
+    client, ctx, admin_auth, make_user
+) -> None:
+    from flip_imaging.prefs import set_pref
+    from flip_imaging.xnat_api.common import PREF_NON_ADMIN_PROJECTS
+
+    client.auth = admin_auth
+    _session(client)
+    r = client.put("/data/projects/P1/experiments/E9", params={"xsiType": "xnat:mrSessionData"})
+    assert r.status_code == 400 and "subject" in r.text
+    r = client.put(
+        "/data/projects/P1/experiments/E9",
+        params={"xsiType": "xnat:mrSessionData", "xnat:mrSessionData/subject_ID": "S1"},
+    )
+    assert r.status_code == 200 and r.text.startswith("XNAT_E")
+    rows = client.get("/data/projects/P1/subjects/S1/experiments", params={"format": "json"}).json()
+    assert sorted(x["label"] for x in rows["ResultSet"]["Result"]) == ["E1", "E9"]
+    assert client.put("/data/projects/P1/subjects/S1/experiments/E9/scans/1").text == "1"
+    scan = client.get("/data/projects/P1/experiments/E9/scans/1", params={"format": "json"}).json()
+    assert scan["items"][0]["meta"]["xsi:type"] == "xnat:mrScanData"
+
+    with ctx.session() as db:
+        set_pref(db, PREF_NON_ADMIN_PROJECTS, False)
+    client.auth = make_user("bob")
+    assert client.put("/data/projects/BOB1").status_code == 403
+    client.auth = admin_auth
+    assert client.put("/data/projects/BOB1").status_code == 200
+
+
+def test_relabelled_folder_is_not_reused(admin_client) -> None:
+    c = admin_client
+    eid = _session(c)
+    c.put(f"/data/experiments/{eid}/scans/1", params={"xsiType": "xnat:ctScanData"})
+    assert (
+        c.put(f"/data/experiments/{eid}/scans/1/resources/DICOM/files/a.dcm", content=b"old").status_code
+        == 200
+    )
+    assert (
+        c.put("/data/projects/P1/subjects/S1/experiments/E1", params={"label": "E1-renamed"}).status_code
+        == 200
+    )
+    r = c.put("/data/projects/P1/subjects/S1/experiments/E1", params={"xsiType": "xnat:ctSessionData"})
+    assert r.status_code == 409
+    assert c.get(f"/data/experiments/{eid}/scans/1/resources/DICOM/files/a.dcm").content == b"old"

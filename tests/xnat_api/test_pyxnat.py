@@ -25,6 +25,8 @@ def test_pyxnat_round_trip(live_server, admin_auth, tmp_path: Path) -> None:
         assert project.current_arc() == b"arc001"
         project.set_accessibility("protected")
         assert project.accessibility() == b"protected"
+        central._exec("/data/projects/PYX1?xnat:projectData/aliases/alias=PYALIAS", "PUT")
+        assert project.aliases() == ["PYALIAS"]
 
         subject = project.subject("SUBJ01")
         subject.create()
@@ -63,11 +65,22 @@ def test_pyxnat_round_trip(live_server, admin_auth, tmp_path: Path) -> None:
         (tmp_path / "zipkeep").mkdir()
         got = resource.get(str(tmp_path / "zipdir"), extract=True)
         assert sorted(Path(p).name for p in got) == ["img1.dcm", "img2.dcm"]
-        names = central.select("/projects/PYX1/subjects/SUBJ01/experiments/ACC0001/scans/*/resources/*/files").get()
+        names = central.select(
+            "/projects/PYX1/subjects/SUBJ01/experiments/ACC0001/scans/*/resources/*/files"
+        ).get()
         assert sorted(names) == ["img1.dcm", "img2.dcm", "vol.nii.gz"]
         zipped = resource.get(str(tmp_path / "zipkeep"), extract=False)
         with zipfile.ZipFile(zipped) as zf:
             assert len(zf.namelist()) == 2
+
+        # all scans of the experiment in one zip (pyxnat asks for .../scans/ALL/files?format=zip)
+        (tmp_path / "allscans").mkdir()
+        extracted = experiment.scans().download(str(tmp_path / "allscans"), type="ALL", extract=True)
+        assert sorted(Path(p).name for p in extracted if Path(p).is_file()) == [
+            "img1.dcm",
+            "img2.dcm",
+            "vol.nii.gz",
+        ]
 
         # delete a file, the subject, the project
         resource.file("img2.dcm").delete()

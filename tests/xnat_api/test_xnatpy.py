@@ -43,8 +43,9 @@ def _create_navigate_download(session, tmp_path: Path) -> None:  # type: ignore[
         subject = session.classes.SubjectData(parent=project, label="SUBJ01")
         experiment = session.classes.MrSessionData(parent=subject, label="ACC0001")
         experiment.date = "2024-03-04"
-        scan = session.classes.MrScanData(parent=experiment, id="2", type="T1w",
-                                          series_description="t1 mprage")
+        scan = session.classes.MrScanData(
+            parent=experiment, id="2", type="T1w", series_description="t1 mprage"
+        )
         resource = session.classes.ResourceCatalog(parent=scan, label="DICOM", format="DICOM")
 
         payload = os.urandom(300_000)
@@ -95,23 +96,28 @@ def _create_navigate_download(session, tmp_path: Path) -> None:  # type: ignore[
         session_dir = tmp_path / "session"
         exp_by_label.download_dir(str(session_dir), verbose=False)
         got = sorted(str(p.relative_to(session_dir)) for p in session_dir.rglob("*") if p.is_file())
-        assert got == sorted([
-            "ACC0001/scans/2-T1w/resources/DICOM/files/1.dcm",
-            "ACC0001/scans/2-T1w/resources/DICOM/files/sub/2.dcm",
-            "ACC0001/scans/2-T1w/resources/NIFTI/files/a.nii",
-            "ACC0001/scans/2-T1w/resources/NIFTI/files/deep/b.json",
-        ])
+        assert got == sorted(
+            [
+                "ACC0001/scans/2-T1w/resources/DICOM/files/1.dcm",
+                "ACC0001/scans/2-T1w/resources/DICOM/files/sub/2.dcm",
+                "ACC0001/scans/2-T1w/resources/NIFTI/files/a.nii",
+                "ACC0001/scans/2-T1w/resources/NIFTI/files/deep/b.json",
+            ]
+        )
         buf = io.BytesIO()
         session.download_stream(exp_by_label.fulluri + "/scans/ALL/resources/NIFTI/files", buf, format="zip")
         assert sorted(zipfile.ZipFile(buf).namelist()) == [
             "ACC0001/scans/2-T1w/resources/NIFTI/files/a.nii",
-            "ACC0001/scans/2-T1w/resources/NIFTI/files/deep/b.json"]
+            "ACC0001/scans/2-T1w/resources/NIFTI/files/deep/b.json",
+        ]
 
         # an image assessor with an out resource (FLIP's segmentations)
         # xnatpy 0.8.1's create_assessor sends this PUT and then fails on its own cache (KeyError 'id_',
         # whatever the server): send the same request, then navigate to the new assessor
-        session.put(f"{exp_by_label.fulluri}/assessors/SEG1",
-                    query={"xsiType": "xnat:imageAssessorData", "label": "SEG1", "req_format": "qs"})
+        session.put(
+            f"{exp_by_label.fulluri}/assessors/SEG1",
+            query={"xsiType": "xnat:imageAssessorData", "label": "SEG1", "req_format": "qs"},
+        )
         exp_by_label.clearcache()
         assessor = exp_by_label.assessors["SEG1"]
         seg = assessor.create_resource("SEG")
@@ -119,7 +125,6 @@ def _create_navigate_download(session, tmp_path: Path) -> None:  # type: ignore[
         session.clearcache()
         exp = session.projects["PX1"].experiments["ACC0001"]
         assert [f.path for f in exp.assessors["SEG1"].resources["SEG"].files.values()] == ["mask.nii.gz"]
-
 
 
 def _relabel_and_delete(live_server: str, user: str, password: str) -> None:
@@ -131,7 +136,9 @@ def _relabel_and_delete(live_server: str, user: str, password: str) -> None:
         session.projects["PX1"].experiments["ACC0001"].label = "ACC0001B"
         session.clearcache()
         assert "ACC0001B" in session.projects["PX1"].experiments
-        session.projects["PX1"].experiments["ACC0001B"].scans["2"].resources["DICOM"].files["sub/2.dcm"].delete()
+        session.projects["PX1"].experiments["ACC0001B"].scans["2"].resources["DICOM"].files[
+            "sub/2.dcm"
+        ].delete()
         session.clearcache()
         files = session.projects["PX1"].experiments["ACC0001B"].scans["2"].resources["DICOM"].files
         assert [f.path for f in files.values()] == ["1.dcm"]
@@ -159,3 +166,33 @@ def test_xnatpy_errors_surface(live_server, admin_auth) -> None:
             session.get_json("/data/projects/NOPE")
         with pytest.raises(KeyError):
             session.projects["NOPE"]
+
+
+def test_xnatpy_import_dicom_zip(live_server, admin_auth, tmp_path: Path) -> None:
+    """``session.services.import_`` (the DICOM helper's route) hands back an experiment we then serve."""
+    from flip_imaging.synthetic import make_ct_series, write_series
+
+    paths = write_series(tmp_path / "dcm", make_ct_series(4, rows=32, cols=32))
+    zip_path = tmp_path / "study.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for p in paths:
+            zf.write(p, f"study/{p.name}")
+    user, password = admin_auth
+    with xnat.connect(live_server, user=user, password=password, loglevel="ERROR") as session:
+        session.put("/data/archive/projects/IMP1", query={"xsiType": "xnat:projectData"})
+        experiment = session.services.import_(
+            zip_path,
+            project="IMP1",
+            subject="SUBJ7",
+            experiment="ACC7",
+            import_handler="DICOM-zip",
+            content_type="application/zip",
+        )
+        assert experiment.label == "ACC7"
+        assert experiment.__xsi_type__ == "xnat:ctSessionData"
+        scans = list(experiment.scans.values())
+        assert len(scans) == 1
+        assert scans[0].resources["DICOM"].file_count == 4
+        out = tmp_path / "download"
+        experiment.download_dir(str(out), verbose=False)
+        assert len([p for p in out.rglob("*.dcm")]) == 4

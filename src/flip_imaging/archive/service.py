@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, time
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -20,15 +20,51 @@ Owner = Project | Subject | Experiment | Scan | Assessor
 
 #: xsi:type of every image session this archive knows, by DICOM modality
 MODALITY_SESSION_TYPES = {
-    "MR": "xnat:mrSessionData", "CT": "xnat:ctSessionData", "PT": "xnat:petSessionData",
-    "PET": "xnat:petSessionData", "CR": "xnat:crSessionData", "DX": "xnat:dxSessionData",
-    "US": "xnat:usSessionData", "MG": "xnat:mgSessionData", "XA": "xnat:xaSessionData",
-    "NM": "xnat:nmSessionData", "RTSTRUCT": "xnat:rtSessionData", "RTPLAN": "xnat:rtSessionData",
-    "RTDOSE": "xnat:rtSessionData", "RTIMAGE": "xnat:rtSessionData", "SEG": "xnat:segSessionData",
-    "SR": "xnat:srSessionData", "OT": "xnat:otherDicomSessionData",
+    "MR": "xnat:mrSessionData",
+    "CT": "xnat:ctSessionData",
+    "PT": "xnat:petSessionData",
+    "PET": "xnat:petSessionData",
+    "CR": "xnat:crSessionData",
+    "DX": "xnat:dxSessionData",
+    "US": "xnat:usSessionData",
+    "MG": "xnat:mgSessionData",
+    "XA": "xnat:xaSessionData",
+    "NM": "xnat:nmSessionData",
+    "RTSTRUCT": "xnat:rtSessionData",
+    "RTPLAN": "xnat:rtSessionData",
+    "RTDOSE": "xnat:rtSessionData",
+    "RTIMAGE": "xnat:rtSessionData",
+    "SEG": "xnat:segSessionData",
+    "SR": "xnat:srSessionData",
+    "OT": "xnat:otherDicomSessionData",
 }
-_PREFIXES = ["mr", "ct", "pet", "cr", "dx", "us", "mg", "xa", "nm", "rt", "seg", "sr", "otherDicom",
-             "dx3DCraniofacial", "io", "op", "opt", "rf", "xc", "ecg", "es", "gm", "hd", "sm", "xa3D"]
+_PREFIXES = [
+    "mr",
+    "ct",
+    "pet",
+    "cr",
+    "dx",
+    "us",
+    "mg",
+    "xa",
+    "nm",
+    "rt",
+    "seg",
+    "sr",
+    "otherDicom",
+    "dx3DCraniofacial",
+    "io",
+    "op",
+    "opt",
+    "rf",
+    "xc",
+    "ecg",
+    "es",
+    "gm",
+    "hd",
+    "sm",
+    "xa3D",
+]
 SESSION_TYPES = frozenset(f"xnat:{p}SessionData" for p in _PREFIXES)
 SCAN_TYPES = frozenset(f"xnat:{p}ScanData" for p in _PREFIXES)
 ASSESSOR_TYPES = frozenset({"xnat:imageAssessorData"})
@@ -56,17 +92,21 @@ def scan_type_for_session(session_type: str) -> str:
 
 # -- lookups ------------------------------------------------------------------------------------------
 
+
 def find_subject(db: Session, project: Project, key: str) -> Subject | None:
     """A subject of ``project`` by XNAT ID or by label (IDs win, as in XNAT)."""
-    return (db.scalar(select(Subject).where(Subject.project_pk == project.pk, Subject.id == key))
-            or db.scalar(select(Subject).where(Subject.project_pk == project.pk, Subject.label == key)))
+    return db.scalar(select(Subject).where(Subject.project_pk == project.pk, Subject.id == key)) or db.scalar(
+        select(Subject).where(Subject.project_pk == project.pk, Subject.label == key)
+    )
 
 
 def subject_by_id(db: Session, subject_id: str) -> Subject | None:
     return db.scalar(select(Subject).where(Subject.id == subject_id))
 
 
-def find_experiment(db: Session, project: Project, key: str, subject: Subject | None = None) -> Experiment | None:
+def find_experiment(
+    db: Session, project: Project, key: str, subject: Subject | None = None
+) -> Experiment | None:
     """An experiment of ``project`` (optionally of ``subject``) by ID or label."""
     q = select(Experiment).where(Experiment.project_pk == project.pk)
     if subject is not None:
@@ -130,26 +170,43 @@ def resource_stats(db: Session, resources: Sequence[Resource]) -> dict[int, tupl
     pks = [r.pk for r in resources]
     if not pks:
         return {}
-    rows = db.execute(select(File.resource_pk, func.count(File.pk), func.coalesce(func.sum(File.size), 0))
-                      .where(File.resource_pk.in_(pks)).group_by(File.resource_pk))
+    rows = db.execute(
+        select(File.resource_pk, func.count(File.pk), func.coalesce(func.sum(File.size), 0))
+        .where(File.resource_pk.in_(pks))
+        .group_by(File.resource_pk)
+    )
     stats = {pk: (0, 0) for pk in pks}
     for pk, count, size in rows:
         stats[pk] = (int(count), int(size))
     return stats
 
 
-def list_files(db: Session, resources: Sequence[Resource]) -> list[tuple[Resource, File]]:
-    """Every file of ``resources``, in resource then path order."""
+class FileEntry(NamedTuple):
+    """The columns of a catalogued file that listings and zips need (lighter than ORM rows)."""
+
+    pk: int
+    path: str
+    size: int
+    created_at: datetime | None
+
+
+def list_files(db: Session, resources: Sequence[Resource]) -> list[tuple[Resource, FileEntry]]:
+    """Every file of ``resources``, in resource then path order (plain tuples: a big session's 100,000
+    files cost a few MB here, not the hundreds of MB ORM objects would)."""
     by_pk = {r.pk: r for r in resources}
     if not by_pk:
         return []
-    out: list[tuple[Resource, File]] = []
+    out: list[tuple[Resource, FileEntry]] = []
     pks = list(by_pk)
     for start in range(0, len(pks), 500):
-        chunk = pks[start:start + 500]
-        for f in db.scalars(select(File).where(File.resource_pk.in_(chunk))
-                            .order_by(File.resource_pk, File.path)):
-            out.append((by_pk[f.resource_pk], f))
+        chunk = pks[start : start + 500]
+        rows = db.execute(
+            select(File.resource_pk, File.pk, File.path, File.size, File.created_at)
+            .where(File.resource_pk.in_(chunk))
+            .order_by(File.resource_pk, File.path)
+        )
+        for resource_pk, pk, path, size, created in rows:
+            out.append((by_pk[resource_pk], FileEntry(pk, path, size, created)))
     order = {pk: i for i, pk in enumerate(pks)}
     out.sort(key=lambda rf: (order[rf[0].pk], rf[1].path))
     return out
@@ -161,14 +218,22 @@ def find_file(db: Session, resource: Resource, path: str) -> File | None:
 
 # -- listings -----------------------------------------------------------------------------------------
 
+
 def list_subjects(db: Session, projects: Sequence[Project]) -> list[Subject]:
     if not projects:
         return []
-    return list(db.scalars(select(Subject).where(Subject.project_pk.in_([p.pk for p in projects]))
-                           .order_by(Subject.project_pk, Subject.label)))
+    return list(
+        db.scalars(
+            select(Subject)
+            .where(Subject.project_pk.in_([p.pk for p in projects]))
+            .order_by(Subject.project_pk, Subject.label)
+        )
+    )
 
 
-def list_experiments(db: Session, projects: Sequence[Project], subject: Subject | None = None) -> list[Experiment]:
+def list_experiments(
+    db: Session, projects: Sequence[Project], subject: Subject | None = None
+) -> list[Experiment]:
     if not projects:
         return []
     q = select(Experiment).where(Experiment.project_pk.in_([p.pk for p in projects]))
@@ -183,8 +248,9 @@ def list_scans(db: Session, experiment: Experiment) -> list[Scan]:
 
 
 def list_assessors(db: Session, experiment: Experiment) -> list[Assessor]:
-    return list(db.scalars(select(Assessor).where(Assessor.experiment_pk == experiment.pk)
-                           .order_by(Assessor.label)))
+    return list(
+        db.scalars(select(Assessor).where(Assessor.experiment_pk == experiment.pk).order_by(Assessor.label))
+    )
 
 
 def _natural_key(value: str) -> tuple[Any, ...]:
@@ -203,19 +269,28 @@ def scanners(db: Session, projects: Sequence[Project]) -> list[str]:
 def scan_types(db: Session, projects: Sequence[Project]) -> list[str]:
     if not projects:
         return []
-    q = (select(Scan.type).join(Experiment, Experiment.pk == Scan.experiment_pk)
-         .where(Experiment.project_pk.in_([p.pk for p in projects]), Scan.type.is_not(None)).distinct())
+    q = (
+        select(Scan.type)
+        .join(Experiment, Experiment.pk == Scan.experiment_pk)
+        .where(Experiment.project_pk.in_([p.pk for p in projects]), Scan.type.is_not(None))
+        .distinct()
+    )
     return sorted(t for t in db.scalars(q) if t)
 
 
 def project_by_key(db: Session, key: str) -> Project | None:
     from flip_imaging.archive.models import ProjectAlias
 
-    return db.scalar(select(Project).outerjoin(ProjectAlias, ProjectAlias.project_pk == Project.pk)
-                     .where(or_(Project.id == key, ProjectAlias.alias == key)).limit(1))
+    return db.scalar(
+        select(Project)
+        .outerjoin(ProjectAlias, ProjectAlias.project_pk == Project.pk)
+        .where(or_(Project.id == key, ProjectAlias.alias == key))
+        .limit(1)
+    )
 
 
 # -- value parsing --------------------------------------------------------------------------------------
+
 
 def parse_date(value: str) -> date:
     """XNAT accepts ISO dates and US-style ``MM/DD/YYYY``."""

@@ -135,7 +135,7 @@ class ArchiveWriter:
         self.staging = self.root / STAGING
         self.journal_dir = self.root / JOURNAL
         self.txid = uuid.uuid4().hex
-        self.db: Session = ctx.sessions()
+        self.db: Session = ctx.writer_sessions()
         self._plan = _Plan()
         self._published = False
 
@@ -206,7 +206,7 @@ class ArchiveWriter:
             if move.backup is not None:
                 move.backup.unlink(missing_ok=True)
         self._journal_path().unlink(missing_ok=True)
-        with self.ctx.sessions() as db:
+        with self.ctx.writer_sessions() as db:
             db.execute(delete(ArchiveTxn).where(ArchiveTxn.txid == self.txid))
             db.commit()
 
@@ -293,8 +293,13 @@ class ArchiveWriter:
         resource = self.db.scalar(query)
         if resource is not None:
             return resource, False
+        path = self._resource_path(owner, label)
+        taken = self.db.scalar(select(Resource.pk).where(Resource.path == path).limit(1)) is not None
+        if taken or (self.root / path).exists():
+            # a relabelled or half-deleted object still owns this folder: never share it
+            path = f"{path}.{uuid.uuid4().hex[:8]}"
         resource = Resource(xnat_id=next_value(self.db, RESOURCE), label=safe_label(label), format=format,
-                            content=content, path=self._resource_path(owner, label), **cols)
+                            content=content, path=path, **cols)
         self.db.add(resource)
         self.db.flush()
         return resource, True
@@ -319,7 +324,7 @@ class ArchiveWriter:
 
     @staticmethod
     def _resource_path(owner: Owner, label: str) -> str:
-        """XNAT's layout; a short unique suffix keeps a re-created object's folder apart from leftovers."""
+        """XNAT's layout (a suffix is added by the caller when the folder is already taken)."""
         if isinstance(owner, Project):
             base = f"{owner.id}/resources"
         elif isinstance(owner, Subject):
@@ -383,8 +388,6 @@ class ArchiveWriter:
             self._plan.delete_dirs.append(resource_dir(self.root, resource))
         if isinstance(obj, Project):
             self._plan.delete_dirs.append(self.root / obj.id)
-        elif isinstance(obj, Experiment):
-            self._plan.delete_dirs.append(self.root / obj.project.id / obj.project.current_arc / obj.label)
         self.db.delete(obj)
         self.db.flush()
 
@@ -521,7 +524,7 @@ def recover(ctx: AppContext) -> int:
                 _undo_moves(moves)
                 log.info("archive recovery: rolled back uncommitted transaction %s", txid)
             journal.unlink()
-            with ctx.sessions() as db:
+            with ctx.writer_sessions() as db:
                 db.execute(delete(ArchiveTxn).where(ArchiveTxn.txid == txid))
                 db.commit()
         for tmp in journal_dir.glob("*.tmp"):

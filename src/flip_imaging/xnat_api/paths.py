@@ -15,8 +15,12 @@ CHILDREN: dict[str | None, dict[str, str]] = {
     None: {"projects": "project", "subjects": "subject", "experiments": "experiment"},
     "project": {"subjects": "subject", "experiments": "experiment", "resources": "resource"},
     "subject": {"experiments": "experiment", "resources": "resource"},
-    "experiment": {"scans": "scan", "assessors": "assessor", "resources": "resource",
-                   "reconstructions": "reconstruction"},
+    "experiment": {
+        "scans": "scan",
+        "assessors": "assessor",
+        "resources": "resource",
+        "reconstructions": "reconstruction",
+    },
     "scan": {"resources": "resource"},
     "assessor": {"resources": "resource"},
     "resource": {},
@@ -49,7 +53,7 @@ def parse(segments: list[str]) -> Parsed:
         kind = out.last_kind
         if name == "files" and kind is not None:
             out.tail = "files"
-            rest = "/".join(segments[i + 1:])
+            rest = "/".join(segments[i + 1 :])
             out.arg = rest or None
             return out
         if kind == "project" and name in PROJECT_SETTINGS:
@@ -58,8 +62,12 @@ def parse(segments: list[str]) -> Parsed:
             out.tail = name
             out.arg = segments[i + 1] if len(segments) > i + 1 else None
             return out
-        if kind == "assessor" and name in ("out", "in") and i + 1 < len(segments) \
-                and segments[i + 1] == "resources":
+        if (
+            kind == "assessor"
+            and name in ("out", "in")
+            and i + 1 < len(segments)
+            and segments[i + 1] == "resources"
+        ):
             i += 1
             continue
         children = CHILDREN.get(kind, {})

@@ -17,6 +17,7 @@ from xml.etree import ElementTree as ET
 from fastapi.responses import PlainTextResponse, Response
 
 from flip_imaging.archive.models import Assessor, Experiment, File, Project, Resource, Scan, Subject
+from flip_imaging.archive.service import FileEntry
 
 XNAT_NS = "http://nrg.wustl.edu/xnat"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
@@ -42,52 +43,115 @@ def _date(value: Any) -> str:
 
 # -- listing rows -----------------------------------------------------------------------------------
 
+
+def project_rows(p: Project, with_aliases: bool = False) -> list[Row]:
+    """One row per project, or per alias when the ``alias`` column is asked for (as XNAT's search)."""
+    if not with_aliases:
+        return [project_row(p)]
+    return [{**project_row(p), "alias": a} for a in ([a.alias for a in p.aliases] or [""])]
+
+
 def project_row(p: Project) -> Row:
-    return {"ID": p.id, "secondary_ID": p.secondary_id or "", "name": p.name,
-            "description": p.description or "", "pi_firstname": p.pi_firstname or "",
-            "pi_lastname": p.pi_lastname or "", "URI": f"/data/projects/{p.id}"}
+    return {
+        "ID": p.id,
+        "secondary_ID": p.secondary_id or "",
+        "name": p.name,
+        "description": p.description or "",
+        "pi_firstname": p.pi_firstname or "",
+        "pi_lastname": p.pi_lastname or "",
+        "URI": f"/data/projects/{p.id}",
+    }
 
 
 def subject_row(s: Subject) -> Row:
-    return {"ID": s.id, "project": s.project.id, "label": s.label, "insert_date": _date(s.created_at),
-            "insert_user": _s(s.extra.get("insert_user")), "group": _s(s.extra.get("group")),
-            "URI": f"/data/subjects/{s.id}"}
+    return {
+        "ID": s.id,
+        "project": s.project.id,
+        "label": s.label,
+        "insert_date": _date(s.created_at),
+        "insert_user": _s(s.extra.get("insert_user")),
+        "group": _s(s.extra.get("group")),
+        "URI": f"/data/subjects/{s.id}",
+    }
 
 
 def experiment_row(e: Experiment) -> Row:
-    return {"ID": e.id, "project": e.project.id, "label": e.label, "xsiType": e.xsi_type,
-            "date": _s(e.date), "time": _s(e.time), "modality": e.modality or "",
-            "insert_date": _date(e.created_at), "subject_ID": e.subject.id, "subject_label": e.subject.label,
-            "URI": f"/data/experiments/{e.id}"}
+    return {
+        "ID": e.id,
+        "project": e.project.id,
+        "label": e.label,
+        "xsiType": e.xsi_type,
+        "date": _s(e.date),
+        "time": _s(e.time),
+        "modality": e.modality or "",
+        "insert_date": _date(e.created_at),
+        "subject_ID": e.subject.id,
+        "subject_label": e.subject.label,
+        "URI": f"/data/experiments/{e.id}",
+    }
 
 
 def scan_row(s: Scan) -> Row:
-    return {"xnat_imagescandata_id": str(s.pk), "ID": s.scan_id, "type": s.type or "",
-            "quality": s.quality or "", "series_description": s.series_description or "",
-            "xsiType": s.xsi_type, "note": s.note or "", "modality": s.modality or "", "UID": s.uid or "",
-            "frames": _s(s.frames), "URI": f"/data/experiments/{s.experiment.id}/scans/{s.scan_id}"}
+    return {
+        "xnat_imagescandata_id": str(s.pk),
+        "ID": s.scan_id,
+        "type": s.type or "",
+        "quality": s.quality or "",
+        "series_description": s.series_description or "",
+        "xsiType": s.xsi_type,
+        "note": s.note or "",
+        "modality": s.modality or "",
+        "UID": s.uid or "",
+        "frames": _s(s.frames),
+        "URI": f"/data/experiments/{s.experiment.id}/scans/{s.scan_id}",
+    }
 
 
 def assessor_row(a: Assessor) -> Row:
-    return {"ID": a.id, "label": a.label, "xsiType": a.xsi_type, "project": a.experiment.project.id,
-            "session_ID": a.experiment.id, "session_label": a.experiment.label,
-            "insert_date": _date(a.created_at), "URI": f"/data/experiments/{a.experiment.id}/assessors/{a.id}"}
+    return {
+        "ID": a.id,
+        "label": a.label,
+        "xsiType": a.xsi_type,
+        "project": a.experiment.project.id,
+        "session_ID": a.experiment.id,
+        "session_label": a.experiment.label,
+        "insert_date": _date(a.created_at),
+        "URI": f"/data/experiments/{a.experiment.id}/assessors/{a.id}",
+    }
 
 
 def resource_row(r: Resource, stats: tuple[int, int], category: str = "resources") -> Row:
-    return {"xnat_abstractresource_id": str(r.xnat_id), "cat_id": str(r.xnat_id), "label": r.label,
-            "element_name": "xnat:resourceCatalog", "category": category, "cat_desc": "",
-            "format": r.format or "", "content": r.content or "", "tags": "",
-            "file_count": str(stats[0]), "file_size": str(stats[1])}
+    return {
+        "xnat_abstractresource_id": str(r.xnat_id),
+        "cat_id": str(r.xnat_id),
+        "label": r.label,
+        "element_name": "xnat:resourceCatalog",
+        "category": category,
+        "cat_desc": "",
+        "format": r.format or "",
+        "content": r.content or "",
+        "tags": "",
+        "file_count": str(stats[0]),
+        "file_size": str(stats[1]),
+    }
 
 
-def file_row(base_uri: str, r: Resource, f: File) -> Row:
-    return {"Name": f.path.rsplit("/", 1)[-1], "Size": str(f.size),
-            "URI": f"{base_uri}/resources/{r.label}/files/{f.path}", "collection": r.label,
-            "file_tags": "", "file_format": "", "file_content": "", "cat_ID": str(r.xnat_id), "digest": ""}
+def file_row(base_uri: str, r: Resource, f: File | FileEntry) -> Row:
+    return {
+        "Name": f.path.rsplit("/", 1)[-1],
+        "Size": str(f.size),
+        "URI": f"{base_uri}/resources/{r.label}/files/{f.path}",
+        "collection": r.label,
+        "file_tags": "",
+        "file_format": "",
+        "file_content": "",
+        "cat_ID": str(r.xnat_id),
+        "digest": "",
+    }
 
 
 # -- listing responses ------------------------------------------------------------------------------
+
 
 def filter_rows(rows: list[Row], query: dict[str, str]) -> list[Row]:
     """Keep rows whose columns match every filter parameter (shell-style wildcards, as xnatpy sends)."""
@@ -118,8 +182,9 @@ def select_columns(rows: list[Row], columns: str | None) -> list[Row]:
         source = by_lower.get(col.lower()) or by_lower.get(col.rsplit("/", 1)[-1].lower())
         if source is not None and col not in (p[0] for p in pairs):
             pairs.append((col, source))
-    if "URI" in rows[0] and "URI" not in (p[0] for p in pairs):
-        pairs.append(("URI", "URI"))
+    for always in ("ID", "URI"):  # XNAT answers with the identity columns whatever was asked
+        if always in rows[0] and always not in (p[0] for p in pairs):
+            pairs.append((always, always))
     return [{out: row[src] for out, src in pairs} for row in rows]
 
 
@@ -127,15 +192,57 @@ def select_columns(rows: list[Row], columns: str | None) -> list[Row]:
 HEADERS = {
     "projects": ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname", "URI"],
     "subjects": ["ID", "project", "label", "insert_date", "insert_user", "group", "URI"],
-    "experiments": ["ID", "project", "label", "xsiType", "date", "time", "modality", "insert_date",
-                    "subject_ID", "subject_label", "URI"],
-    "scans": ["xnat_imagescandata_id", "ID", "type", "quality", "series_description", "xsiType", "note",
-              "modality", "UID", "frames", "URI"],
+    "experiments": [
+        "ID",
+        "project",
+        "label",
+        "xsiType",
+        "date",
+        "time",
+        "modality",
+        "insert_date",
+        "subject_ID",
+        "subject_label",
+        "URI",
+    ],
+    "scans": [
+        "xnat_imagescandata_id",
+        "ID",
+        "type",
+        "quality",
+        "series_description",
+        "xsiType",
+        "note",
+        "modality",
+        "UID",
+        "frames",
+        "URI",
+    ],
     "assessors": ["ID", "label", "xsiType", "project", "session_ID", "session_label", "insert_date", "URI"],
-    "resources": ["xnat_abstractresource_id", "cat_id", "label", "element_name", "category", "cat_desc",
-                  "format", "content", "tags", "file_count", "file_size"],
-    "files": ["Name", "Size", "URI", "collection", "file_tags", "file_format", "file_content", "cat_ID",
-              "digest"],
+    "resources": [
+        "xnat_abstractresource_id",
+        "cat_id",
+        "label",
+        "element_name",
+        "category",
+        "cat_desc",
+        "format",
+        "content",
+        "tags",
+        "file_count",
+        "file_size",
+    ],
+    "files": [
+        "Name",
+        "Size",
+        "URI",
+        "collection",
+        "file_tags",
+        "file_format",
+        "file_content",
+        "cat_ID",
+        "digest",
+    ],
 }
 
 
@@ -144,11 +251,12 @@ def empty_header(kind: str, columns: str | None) -> list[str]:
     if not columns:
         return known
     wanted = [c for c in columns.split(",") if c]
-    return wanted + (["URI"] if "URI" in known and "URI" not in wanted else [])
+    return wanted + [c for c in ("ID", "URI") if c in known and c not in wanted]
 
 
-def listing_response(rows: Sequence[Row], fmt: str | None, title: str = "Results",
-                     header: Sequence[str] = ()) -> Response:
+def listing_response(
+    rows: Sequence[Row], fmt: str | None, title: str = "Results", header: Sequence[str] = ()
+) -> Response:
     fmt = (fmt or "json").lower()
     if fmt == "csv":
         buf = io.StringIO()
@@ -175,31 +283,55 @@ def listing_response(rows: Sequence[Row], fmt: str | None, title: str = "Results
 
 # -- single objects ---------------------------------------------------------------------------------
 
-def _item(xsi_type: str, data: dict[str, Any], children: list[dict[str, Any]] | None = None,
-          start: Any = None) -> dict[str, Any]:
+
+def _item(
+    xsi_type: str, data: dict[str, Any], children: list[dict[str, Any]] | None = None, start: Any = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"xsi:type": xsi_type, "isHistory": False}
     if start is not None:
         meta["start_date"] = start.strftime("%a %b %d %H:%M:%S UTC %Y")
-    return {"meta": meta, "data_fields": {k: v for k, v in data.items() if v not in (None, "")},
-            "children": children or []}
+    return {
+        "meta": meta,
+        "data_fields": {k: v for k, v in data.items() if v not in (None, "")},
+        "children": children or [],
+    }
 
 
 def resource_item(r: Resource, stats: tuple[int, int]) -> dict[str, Any]:
-    return _item("xnat:resourceCatalog", {"xnat_abstractresource_id": r.xnat_id, "label": r.label,
-                                          "format": r.format, "content": r.content,
-                                          "file_count": stats[0], "file_size": stats[1]})
+    return _item(
+        "xnat:resourceCatalog",
+        {
+            "xnat_abstractresource_id": r.xnat_id,
+            "label": r.label,
+            "format": r.format,
+            "content": r.content,
+            "file_count": stats[0],
+            "file_size": stats[1],
+        },
+    )
 
 
 def project_fields(p: Project) -> dict[str, Any]:
-    return {"ID": p.id, "secondary_ID": p.secondary_id, "name": p.name, "description": p.description,
-            "keywords": p.keywords, "PI/firstname": p.pi_firstname, "PI/lastname": p.pi_lastname}
+    return {
+        "ID": p.id,
+        "secondary_ID": p.secondary_id,
+        "name": p.name,
+        "description": p.description,
+        "keywords": p.keywords,
+        "PI/firstname": p.pi_firstname,
+        "PI/lastname": p.pi_lastname,
+    }
 
 
 def project_item(p: Project) -> dict[str, Any]:
     children = []
     if p.aliases:
-        children.append({"field": "aliases/alias", "items": [
-            _item("xnat:projectData_alias", {"alias": a.alias}) for a in p.aliases]})
+        children.append(
+            {
+                "field": "aliases/alias",
+                "items": [_item("xnat:projectData_alias", {"alias": a.alias}) for a in p.aliases],
+            }
+        )
     return _item("xnat:projectData", project_fields(p), children, p.created_at)
 
 
@@ -215,10 +347,21 @@ def subject_item(s: Subject) -> dict[str, Any]:
 
 def scan_fields(s: Scan) -> dict[str, Any]:
     data = {k: v for k, v in s.extra.items() if isinstance(v, str | int | float)}
-    data.update({"ID": s.scan_id, "type": s.type, "series_description": s.series_description,
-                 "quality": s.quality, "UID": s.uid, "modality": s.modality, "frames": s.frames,
-                 "note": s.note, "image_session_ID": s.experiment.id, "project": s.experiment.project.id,
-                 "xnat_imagescandata_id": s.pk})
+    data.update(
+        {
+            "ID": s.scan_id,
+            "type": s.type,
+            "series_description": s.series_description,
+            "quality": s.quality,
+            "UID": s.uid,
+            "modality": s.modality,
+            "frames": s.frames,
+            "note": s.note,
+            "image_session_ID": s.experiment.id,
+            "project": s.experiment.project.id,
+            "xnat_imagescandata_id": s.pk,
+        }
+    )
     return data
 
 
@@ -231,19 +374,35 @@ def scan_item(s: Scan, resources: Sequence[tuple[Resource, tuple[int, int]]] = (
 
 def experiment_fields(e: Experiment) -> dict[str, Any]:
     data = {k: v for k, v in e.extra.items() if isinstance(v, str | int | float)}
-    data.update({"ID": e.id, "label": e.label, "project": e.project.id, "subject_ID": e.subject.id,
-                 "date": _s(e.date), "time": _s(e.time), "modality": e.modality, "UID": e.uid,
-                 "dcmAccessionNumber": e.accession_number})
+    data.update(
+        {
+            "ID": e.id,
+            "label": e.label,
+            "project": e.project.id,
+            "subject_ID": e.subject.id,
+            "date": _s(e.date),
+            "time": _s(e.time),
+            "modality": e.modality,
+            "UID": e.uid,
+            "dcmAccessionNumber": e.accession_number,
+        }
+    )
     return data
 
 
-def experiment_item(e: Experiment, scans: Sequence[Scan], resources: Sequence[tuple[Resource, tuple[int, int]]],
-                    assessors: Sequence[Assessor]) -> dict[str, Any]:
+def experiment_item(
+    e: Experiment,
+    scans: Sequence[Scan],
+    resources: Sequence[tuple[Resource, tuple[int, int]]],
+    assessors: Sequence[Assessor],
+) -> dict[str, Any]:
     children = []
     if scans:
         children.append({"field": "scans/scan", "items": [scan_item(s) for s in scans]})
     if resources:
-        children.append({"field": "resources/resource", "items": [resource_item(r, st) for r, st in resources]})
+        children.append(
+            {"field": "resources/resource", "items": [resource_item(r, st) for r, st in resources]}
+        )
     if assessors:
         children.append({"field": "assessors/assessor", "items": [assessor_item(a) for a in assessors]})
     return _item(e.xsi_type, experiment_fields(e), children, e.created_at)
@@ -251,8 +410,9 @@ def experiment_item(e: Experiment, scans: Sequence[Scan], resources: Sequence[tu
 
 def assessor_fields(a: Assessor) -> dict[str, Any]:
     data = {k: v for k, v in a.extra.items() if isinstance(v, str | int | float)}
-    data.update({"ID": a.id, "label": a.label, "project": a.experiment.project.id,
-                 "imageSession_ID": a.experiment.id})
+    data.update(
+        {"ID": a.id, "label": a.label, "project": a.experiment.project.id, "imageSession_ID": a.experiment.id}
+    )
     return data
 
 
@@ -266,12 +426,21 @@ def items_response(item: dict[str, Any]) -> Response:
 
 # -- XML documents ----------------------------------------------------------------------------------
 
-_ROOT_NAMES = {"xnat:projectData": "Project", "xnat:subjectData": "Subject", "xnat:mrSessionData": "MRSession",
-               "xnat:ctSessionData": "CTSession", "xnat:petSessionData": "PETSession",
-               "xnat:crSessionData": "CRSession", "xnat:dxSessionData": "DXSession",
-               "xnat:usSessionData": "USSession", "xnat:mgSessionData": "MGSession",
-               "xnat:xaSessionData": "XASession", "xnat:nmSessionData": "NMSession",
-               "xnat:otherDicomSessionData": "OtherDicomSession", "xnat:imageAssessorData": "ImageAssessor"}
+_ROOT_NAMES = {
+    "xnat:projectData": "Project",
+    "xnat:subjectData": "Subject",
+    "xnat:mrSessionData": "MRSession",
+    "xnat:ctSessionData": "CTSession",
+    "xnat:petSessionData": "PETSession",
+    "xnat:crSessionData": "CRSession",
+    "xnat:dxSessionData": "DXSession",
+    "xnat:usSessionData": "USSession",
+    "xnat:mgSessionData": "MGSession",
+    "xnat:xaSessionData": "XASession",
+    "xnat:nmSessionData": "NMSession",
+    "xnat:otherDicomSessionData": "OtherDicomSession",
+    "xnat:imageAssessorData": "ImageAssessor",
+}
 
 
 def _q(name: str) -> str:
@@ -292,14 +461,26 @@ def _sub(parent: ET.Element, name: str, value: Any) -> None:
     ET.SubElement(parent, _q(name)).text = _s(value)
 
 
-def _xml_resources(parent: ET.Element, tag: str, resources: Sequence[tuple[Resource, tuple[int, int]]],
-                   wrapper: str | None = None) -> None:
+def _xml_resources(
+    parent: ET.Element,
+    tag: str,
+    resources: Sequence[tuple[Resource, tuple[int, int]]],
+    wrapper: str | None = None,
+) -> None:
     if not resources:
         return
     holder = ET.SubElement(parent, _q(wrapper)) if wrapper else parent
     for r, (count, size) in resources:
-        el = ET.SubElement(holder, _q(tag), {f"{{{XSI_NS}}}type": "xnat:resourceCatalog", "label": r.label,
-                                             "file_count": str(count), "file_size": str(size)})
+        el = ET.SubElement(
+            holder,
+            _q(tag),
+            {
+                f"{{{XSI_NS}}}type": "xnat:resourceCatalog",
+                "label": r.label,
+                "file_count": str(count),
+                "file_size": str(size),
+            },
+        )
         if r.format:
             el.set("format", r.format)
         if r.content:
@@ -336,8 +517,12 @@ def subject_xml(s: Subject, resources: Sequence[tuple[Resource, tuple[int, int]]
     return el
 
 
-def experiment_xml(e: Experiment, scans: Sequence[tuple[Scan, Sequence[tuple[Resource, tuple[int, int]]]]],
-                   resources: Sequence[tuple[Resource, tuple[int, int]]], assessors: Sequence[Assessor]) -> ET.Element:
+def experiment_xml(
+    e: Experiment,
+    scans: Sequence[tuple[Scan, Sequence[tuple[Resource, tuple[int, int]]]]],
+    resources: Sequence[tuple[Resource, tuple[int, int]]],
+    assessors: Sequence[Assessor],
+) -> ET.Element:
     el = _root(e.xsi_type, {"ID": e.id, "project": e.project.id, "label": e.label})
     _sub(el, "date", e.date)
     _sub(el, "time", e.time)
@@ -363,13 +548,18 @@ def experiment_xml(e: Experiment, scans: Sequence[tuple[Scan, Sequence[tuple[Res
     if assessors:
         holder = ET.SubElement(el, _q("assessors"))
         for a in assessors:
-            ET.SubElement(holder, _q("assessor"), {"ID": a.id, "label": a.label, "project": e.project.id,
-                                                    f"{{{XSI_NS}}}type": a.xsi_type})
+            ET.SubElement(
+                holder,
+                _q("assessor"),
+                {"ID": a.id, "label": a.label, "project": e.project.id, f"{{{XSI_NS}}}type": a.xsi_type},
+            )
     return el
 
 
 def scan_xml(s: Scan, resources: Sequence[tuple[Resource, tuple[int, int]]]) -> ET.Element:
-    el = _root(s.xsi_type, {"ID": s.scan_id, "type": s.type, "UID": s.uid, "project": s.experiment.project.id})
+    el = _root(
+        s.xsi_type, {"ID": s.scan_id, "type": s.type, "UID": s.uid, "project": s.experiment.project.id}
+    )
     _sub(el, "image_session_ID", s.experiment.id)
     _sub(el, "note", s.note)
     _sub(el, "quality", s.quality)
@@ -381,7 +571,14 @@ def scan_xml(s: Scan, resources: Sequence[tuple[Resource, tuple[int, int]]]) -> 
 
 
 def assessor_xml(a: Assessor, out: Sequence[tuple[Resource, tuple[int, int]]]) -> ET.Element:
-    el = _root(a.xsi_type, {"ID": a.id, "project": a.experiment.project.id, "label": a.label,
-                            "imageSession_ID": a.experiment.id})
+    el = _root(
+        a.xsi_type,
+        {
+            "ID": a.id,
+            "project": a.experiment.project.id,
+            "label": a.label,
+            "imageSession_ID": a.experiment.id,
+        },
+    )
     _xml_resources(el, "file", out, "out")
     return el
