@@ -2,7 +2,8 @@
 
 ``python crash_worker.py <database url> <data dir> <mode>``; the action provider writes its record in the
 dispatcher's transaction, prints ``PERFORMING`` and then, by mode, sleeps until SIGKILLed (``kill``) or
-leaves at once with ``os._exit`` (``exit``), so the transaction never commits.
+leaves at once with ``os._exit`` (``exit``), so the transaction never commits. Mode ``drain`` instead
+behaves and delivers every waiting event (several such processes run side by side in a test).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from events_helpers import RECORDING
+from events_helpers import RECORDING, RecordingProvider
 from sqlalchemy.orm import Session
 
 from flip_imaging.config import Settings
 from flip_imaging.context import create_context
 from flip_imaging.events.actions import ActionOutcome, register_action_provider
-from flip_imaging.events.dispatcher import dispatch_one
+from flip_imaging.events.dispatcher import dispatch_one, dispatch_pending
 from flip_imaging.events.models import Event
 from flip_imaging.prefs.models import Preference
 
@@ -50,6 +51,10 @@ class DyingProvider:
 def main() -> None:
     url, data_dir, mode = sys.argv[1:4]
     ctx = create_context(Settings(data_dir=Path(data_dir), database_url=url), run_migrations=False)
+    if mode == "drain":
+        register_action_provider(RecordingProvider())
+        print("DISPATCHED", dispatch_pending(ctx), flush=True)
+        return
     register_action_provider(DyingProvider(mode))
     dispatch_one(ctx)
     print("DISPATCHED", flush=True)

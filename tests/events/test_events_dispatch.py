@@ -310,6 +310,23 @@ def test_concurrent_dispatchers_deliver_each_event_once(world, recorder) -> None
     assert not [e for e in errors if "locked" not in str(e)]
 
 
+def test_dispatcher_processes_share_the_queue(world, recorder) -> None:
+    """Three dispatcher processes drain one outbox: every event is delivered by exactly one of them."""
+    _subscribe(world, scan_sub())
+    events = [_publish(world) for _ in range(40)]
+    procs = [subprocess.Popen([sys.executable, str(HERE / "crash_worker.py"),
+                               world.settings.effective_database_url, str(world.settings.data_dir), "drain"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    counts = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        counts.append(int(out.split()[-1]))
+    assert sum(counts) == 40
+    assert sorted(d.event_pk for d in _deliveries(world)) == events
+    assert len(performed(world)) == 40 and _undispatched(world) == 0
+
+
 def test_live_server_dispatches_on_its_own(world, recorder, live_server) -> None:
     with httpx.Client(base_url=live_server, auth=as_user("owner"), timeout=10) as http:
         r = http.post("/xapi/projects/P1/events/subscription", json=scan_sub("live"))
@@ -324,3 +341,30 @@ def test_live_server_dispatches_on_its_own(world, recorder, live_server) -> None
             time.sleep(0.1)
         assert rows and rows[0]["status"][-1]["status"] == "ACTION_COMPLETE"
     assert [k.split(".")[2] for k in performed(world)] == [str(ev)]
+
+
+def test_dispatch_error_sets_event_aside_and_retries(world, recorder, monkeypatch) -> None:
+    """An unexpected error (a bug, a dropped connection) rolls the claim back; later events still flow
+    and the failed one is retried after a back-off."""
+    from flip_imaging.events import dispatcher as mod
+
+    _subscribe(world, scan_sub())
+    first, second = _publish(world), _publish(world)
+    real = mod.deliver
+    failures = {"left": 1}
+
+    def flaky(db, event):  # type: ignore[no-untyped-def]
+        if event.pk == first and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("connection lost")
+        return real(db, event)
+
+    monkeypatch.setattr(mod, "deliver", flaky)
+    d = EventDispatcher(world)
+    assert d.run_once() == 0  # the first event failed and was set aside
+    assert d.run_once() == 1  # the second goes ahead meanwhile
+    assert [x.event_pk for x in _deliveries(world)] == [second]
+    time.sleep(0.6)  # past the first back-off
+    assert d.run_once() == 1
+    assert sorted(x.event_pk for x in _deliveries(world)) == [first, second]
+    assert len(performed(world)) == 2
