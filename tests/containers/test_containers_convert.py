@@ -164,6 +164,14 @@ def test_subscription_converts_archived_scans_and_can_be_switched(world, live_se
     assert owner.put("/xapi/projects/P1/dicom_to_nifti", params={"enabled": "true"}).json()["enabled"] is True
     member = httpx.Client(base_url=live_server, auth=("member", PASSWORD), timeout=30)
     assert member.put("/xapi/projects/P1/dicom_to_nifti", params={"enabled": "false"}).status_code == 403
+    # the Event Service's delivery trails end when the containers end (two scans arrived while active)
+    from flip_imaging.events.delivery.models import Delivery
+
+    with world.session() as db:
+        trails = [
+            d.last_status for d in db.scalars(select(Delivery).where(Delivery.subscription_id == sub_id))
+        ]
+    assert trails == ["ACTION_COMPLETE", "ACTION_COMPLETE"]
 
 
 def test_unconvertible_series_fails_with_log_and_scan_says_so(world, workers, client, tmp_path: Path) -> None:
@@ -254,3 +262,68 @@ def test_kill_and_time_limit(world, workers, client, tmp_path: Path) -> None:
     assert client.get("/xapi/containers", auth=("other", PASSWORD)).json() == []
     assert client.get(f"/xapi/containers/{running}", auth=("other", PASSWORD)).status_code == 404
     assert json.loads(client.get("/xapi/containers", auth=ADMIN_AUTH).text)
+
+
+def test_dcm2niix_warnings_reach_the_log_and_the_scan(world, workers, client, tmp_path: Path) -> None:
+    files = write_ct(tmp_path / "gap", n=12, size=64)
+    del files[5]  # a missing slice: dcm2niix converts with warnings
+    exp_id, scan_id = archive_scan(world, "P1", files, publish=False)
+    wid = _enable(client)
+    r = client.post(
+        f"/xapi/wrappers/{wid}/root/scan/launch",
+        auth=("member", PASSWORD),
+        json={"scan": f"/archive/experiments/{exp_id}/scans/{scan_id}"},
+    )
+    done = wait_for(lambda: _finished(client, r.json()["id"]))
+    assert done["status"] == "Complete", done
+    assert "warning" in done["history"][-1]["message"]
+    log = client.get(f"/xapi/containers/{done['id']}/logs/stdout", auth=ADMIN_AUTH).text
+    assert "Warning: Missing images?" in log
+    state = client.get(f"/xapi/projects/P1/experiments/{exp_id}/conversion", auth=ADMIN_AUTH).json()
+    (row,) = state["scans"]
+    assert row["status"] == "done" and any("Missing images" in w for w in row["warnings"])
+    with world.session() as db:
+        scan = db.scalar(select(Scan).join(Experiment).where(Experiment.id == exp_id))
+        assert any("Missing images" in w for w in scan.extra["conversion"]["warnings"])
+    main = [p for p in scan_resource_files(world, exp_id, scan_id, "NIFTI") if p.name == "scan_1.nii.gz"]
+    assert nib.load(main[0]).shape[2] == 11
+
+
+def test_two_worker_pools_share_one_queue(world, client, tmp_path: Path) -> None:
+    """Two pools (as two machines would) claim from one table: every container runs exactly once."""
+    from flip_imaging.containers.models import ContainerHistory
+    from flip_imaging.containers.worker import ContainerWorkers
+
+    exp_id, scan_id = archive_scan(world, "P1", write_ct(tmp_path / "q", n=2), publish=False)
+    cid = _sleep_command(client)
+    uri = f"/archive/experiments/{exp_id}/scans/{scan_id}"
+    ids = []
+    for _ in range(8):
+        r = client.post(
+            f"/xapi/commands/{cid}/wrappers/sleep-scan/root/scan/launch",
+            auth=("member", PASSWORD),
+            json={"scan": uri, "seconds": "0.2"},
+        )
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["id"])
+    pools = [ContainerWorkers(world, workers=2, lease_seconds=6, poll_seconds=0.05) for _ in range(2)]
+    for pool in pools:
+        pool.start()
+    try:
+        wait_for(lambda: all(_container(client, i)["status"] == "Complete" for i in ids), timeout=60)
+    finally:
+        for pool in pools:
+            pool.stop()
+    with world.session() as db:
+        owners = set()
+        for i in ids:
+            running = list(
+                db.scalars(
+                    select(ContainerHistory).where(
+                        ContainerHistory.container_id == i, ContainerHistory.status == "Running"
+                    )
+                )
+            )
+            assert len(running) == 1
+            owners.add(running[0].message.split("worker ")[1].split(" ")[0])
+        assert len(owners) >= 2  # both pools took work

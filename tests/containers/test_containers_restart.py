@@ -115,3 +115,39 @@ def _get(url: str) -> dict | None:
     except httpx.HTTPError:
         return None
     return r.json() if r.status_code == 200 else None
+
+
+def test_standalone_worker_process(world, tmp_path: Path) -> None:
+    """``python -m flip_imaging.containers.worker`` serves the same queue from another process."""
+    exp_id, scan_id = archive_scan(world, "P1", write_ct(tmp_path / "s", n=6), publish=False)
+    with world.session() as db:
+        wrapper = registry.dcm2niix_wrapper(db)
+        registry.set_project_enabled(db, wrapper, "P1", True)
+        cid = service.launch(
+            db, wrapper, "scan", {"scan": f"/archive/experiments/{exp_id}/scans/{scan_id}"}, user="admin"
+        ).id
+    env = dict(os.environ, FLIP_IMAGING_DATABASE_URL=world.settings.effective_database_url)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flip_imaging.containers.worker",
+            "--data-dir",
+            str(world.settings.data_dir),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: _status(world, cid) in ("Complete", "Failed") or proc.poll() is not None, timeout=60)
+        assert _status(world, cid) == "Complete", (
+            proc.stderr.read().decode() if proc.poll() is not None else ""
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -10,6 +10,7 @@ database and the archive, can run it.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shlex
 import shutil
@@ -356,19 +357,26 @@ def map_args(args: list[str], mount_dirs: dict[str, Path]) -> list[str]:
 
 
 def link_resource_files(db: Session, archive_root: Path, resource: Resource, dest: Path) -> int:
-    """Hard-link (else copy) a resource's catalogued files into ``dest``; how many."""
-    from flip_imaging.archive.store import file_path
+    """Hard-link (else symlink, else copy) a resource's catalogued files into ``dest``; how many.
 
+    Only catalogued files are linked, so a file being written into the resource by another transaction
+    (still in staging) is never seen half-written.
+    """
+    folder = archive_root / resource.path
+    made: set[str] = set()
     count = 0
-    for f in db.scalars(select(File).where(File.resource_pk == resource.pk).order_by(File.path)):
-        src = file_path(archive_root, resource, f)
-        target = dest / f.path
-        target.parent.mkdir(parents=True, exist_ok=True)
+    for rel in db.scalars(select(File.path).where(File.resource_pk == resource.pk).order_by(File.path)):
+        src = os.path.join(folder, rel)
+        target = os.path.join(dest, rel)
+        parent = os.path.dirname(rel)
+        if parent and parent not in made:
+            os.makedirs(os.path.join(dest, parent), exist_ok=True)
+            made.add(parent)
         try:
-            target.hardlink_to(src)
+            os.link(src, target)
         except OSError:
             try:
-                target.symlink_to(src)
+                os.symlink(src, target)
             except OSError:
                 shutil.copyfile(src, target)
         count += 1
@@ -398,19 +406,28 @@ def nifti_shape(path: Path) -> tuple[int, ...]:
     return tuple(int(d) for d in dim[1 : ndim + 1])
 
 
+def nifti_zooms(path: Path) -> tuple[float, ...]:
+    """Voxel sizes (``pixdim[1:]``) from a NIfTI-1 header (NIfTI-2: ``()``)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:  # type: ignore[operator]
+        head = fh.read(348)
+    for endian in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            return tuple(float(v) for v in struct.unpack(endian + "8f", head[76:108])[1:])
+    return ()
+
+
 _FRAMES_TAG = b"\x28\x00\x08\x00"  # (0028,0008) Number of Frames, little endian
 _ROWS_TAG = b"\x28\x00\x10\x00"  # (0028,0010) Rows
-_HEAD_BYTES = 64 * 1024
+_HEAD_BYTES = 16 * 1024
 
 
 def count_dicom_frames(folder: Path) -> tuple[int, int, bool]:
     """(instances, frames, mosaic) of the DICOM image files in ``folder``, reading headers only.
 
-    Runs beside the converter, so it is kept cheap: a file whose first 64 KiB name Rows but not Number
+    Runs beside the converter, so it is kept cheap: a file whose first 16 KiB name Rows but not Number
     of Frames is a single-frame image; anything else is parsed properly with pydicom.
     """
-    import pydicom
-
     instances = frames = 0
     mosaic = False
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -424,6 +441,8 @@ def count_dicom_frames(folder: Path) -> tuple[int, int, bool]:
             frames += 1
             mosaic = mosaic or b"MOSAIC" in head
             continue
+        import pydicom
+
         try:
             ds = pydicom.dcmread(
                 path,

@@ -49,6 +49,10 @@ LOG_LIMIT = 256 * 1024
 POLL_SECONDS = 1.0
 
 
+#: worker ids of the pools running in this process
+_LIVE_WORKERS: set[str] = set()
+
+
 class LeaseLost(RuntimeError):
     """Another worker has taken over this container (our lease expired)."""
 
@@ -78,7 +82,28 @@ def _local_owner_dead(owner: str | None) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    return pid != os.getpid() and not _pid_alive(pid)
+    if pid == os.getpid():  # this process (or a predecessor that had the same pid, e.g. in a container)
+        return owner not in _LIVE_WORKERS
+    return not _pid_alive(pid)
+
+
+def stale_containers(db: Session) -> list[tuple[int, str | None, int]]:
+    """(id, lease owner, attempts) of running containers whose worker is gone (read only)."""
+    now = utcnow()
+    rows = db.execute(
+        select(Container.id, Container.lease_owner, Container.lease_expires, Container.attempts).where(
+            Container.status.in_(("Running", "Finalizing"))
+        )
+    ).all()
+    return [
+        (cid, owner, attempts)
+        for cid, owner, expires, attempts in rows
+        if expires is None or _aware(expires) < now or _local_owner_dead(owner)  # type: ignore[operator]
+    ]
+
+
+def has_queued(db: Session) -> bool:
+    return db.scalar(select(Container.id).where(Container.status == "Queued").limit(1)) is not None
 
 
 def requeue_stale(db: Session, *, max_attempts: int = MAX_ATTEMPTS) -> list[int]:
@@ -87,16 +112,8 @@ def requeue_stale(db: Session, *, max_attempts: int = MAX_ATTEMPTS) -> list[int]
     A container that has already been tried ``max_attempts`` times fails instead of looping forever.
     """
     now = utcnow()
-    rows = db.execute(
-        select(Container.id, Container.lease_owner, Container.lease_expires, Container.attempts).where(
-            Container.status.in_(("Running", "Finalizing"))
-        )
-    ).all()
     requeued = []
-    for cid, owner, expires, attempts in rows:
-        expired = expires is None or _aware(expires) < now  # type: ignore[operator]
-        if not expired and not _local_owner_dead(owner):
-            continue
+    for cid, owner, attempts in stale_containers(db):
         final = attempts >= max_attempts
         new_status = "Failed" if final else "Queued"
         res = db.execute(
@@ -252,6 +269,7 @@ class ContainerWorkers:
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
+        _LIVE_WORKERS.add(self.worker_id)
         with self.ctx.session() as db:
             requeue_stale(db)
         self._stop.clear()
@@ -271,6 +289,7 @@ class ContainerWorkers:
         for t in self._threads:
             t.join(timeout=15)
         self._threads.clear()
+        _LIVE_WORKERS.discard(self.worker_id)
         # give our unfinished jobs back at once rather than after the lease expires
         with self.ctx.session() as db:
             for c in db.scalars(
@@ -286,12 +305,20 @@ class ContainerWorkers:
         while not self._stop.is_set():
             jobs_available.clear()
             try:
+                # look with a reading session first: on SQLite a writing one takes the database's lock
                 if time.monotonic() - last_reap > max(1.0, self.lease_seconds / 3):
-                    with self.ctx.session() as db:
-                        requeue_stale(db)
+                    with self.ctx.sessions() as db:
+                        stale = bool(stale_containers(db))
+                    if stale:
+                        with self.ctx.session() as db:
+                            requeue_stale(db)
                     last_reap = time.monotonic()
-                with self.ctx.session() as db:
-                    cid = claim_next(db, self.worker_id, self.lease_seconds)
+                with self.ctx.sessions() as db:
+                    waiting = has_queued(db)
+                cid = None
+                if waiting:
+                    with self.ctx.session() as db:
+                        cid = claim_next(db, self.worker_id, self.lease_seconds)
             except Exception:
                 log.exception("container worker could not claim a job")
                 self._stop.wait(self.poll_seconds)
@@ -309,7 +336,7 @@ class ContainerWorkers:
 
     # -- one job ------------------------------------------------------------------------------------
     def run(self, cid: int) -> None:
-        with self.ctx.session() as db:
+        with self.ctx.sessions() as db:
             c = db.get(Container, cid)
             assert c is not None
             plan, attempt = dict(c.plan), c.attempts
@@ -340,7 +367,7 @@ class ContainerWorkers:
             local.mkdir(parents=True)
             mount_dirs[m["path"]] = local
             if m.get("resource-pk") is not None:
-                with self.ctx.session() as db:
+                with self.ctx.sessions() as db:
                     res = db.get(Resource, m["resource-pk"])
                     if res is None:
                         return _Outcome("Failed", f"Input resource for mount '{m['name']}' no longer exists")
@@ -591,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from flip_imaging.config import Settings
-    from flip_imaging.context import create_context
+    from flip_imaging.db import make_engine, make_sessionmaker
 
     parser = argparse.ArgumentParser(prog="python -m flip_imaging.containers.worker")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -600,7 +627,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     ns = parser.parse_args(argv)
     logging.basicConfig(level=ns.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx = create_context(Settings.load(data_dir=ns.data_dir))
+    # no migrations and no archive recovery here: those belong to ``serve`` at start-up, and running them
+    # while a server writes to the same archive could undo its transaction in flight
+    settings = Settings.load(data_dir=ns.data_dir)
+    engine = make_engine(settings.effective_database_url)
+    ctx = AppContext(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        writer_sessions=make_sessionmaker(engine, writer=True),
+    )
+    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
     import flip_imaging.containers.provider  # noqa: F401  (registers the action provider)
 
     pool = ContainerWorkers(ctx, workers=ns.workers, lease_seconds=ns.lease_seconds)

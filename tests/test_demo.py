@@ -1,0 +1,53 @@
+"""``flip-imaging demo`` end to end in a subprocess: real server, real C-STORE, real dcm2niix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FLIP = Path(sys.executable).parent / "flip-imaging"
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    run = subprocess.run(
+        [str(FLIP), "demo", "--data-dir", str(data), "--timeout", "240"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"COLUMNS": "160", "PATH": "/usr/bin:/bin"},
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "demo complete" in out
+    assert "no planted PHI byte in any of the" in out
+    assert "session ACC0001" in out and "NIFTI: 2 file(s)" in out
+    for scan, shape in (("1", "256 x 256 x 40"), ("2", "128 x 128 x 24"), ("3", "256 x 256 x 20")):
+        assert f"scan_{scan}.nii.gz" in out and shape in out
+        assert (
+            data
+            / "archive"
+            / "FLIPDEMO"
+            / "arc001"
+            / "ACC0001"
+            / "SCANS"
+            / scan
+            / "NIFTI"
+            / f"scan_{scan}.nii.gz"
+        ).is_file()
+    assert "Log in as admin with password" in out and "Browse: http://127.0.0.1:" in out
+    # the table shows the planted name on the left and the subject label on the right
+    assert "PHIDM" in out and "DEMO01" in out
+
+
+def test_demo_refuses_a_used_data_directory(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    run = subprocess.run(
+        [str(FLIP), "demo", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 1
+    assert "not empty" in run.stdout + run.stderr
