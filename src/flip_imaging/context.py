@@ -88,8 +88,13 @@ class AppContext:
         self.engine.dispose()
 
 
-def create_context(settings: Settings, *, run_migrations: bool = True) -> AppContext:
-    """Prepare folders (private ones owner-only), migrate the database, and build the context."""
+def create_context(settings: Settings, *, run_migrations: bool = True, recover: bool = True) -> AppContext:
+    """Prepare folders (private ones owner-only), migrate the database, and build the context.
+
+    ``recover`` finishes or undoes archive transactions interrupted by a crash: only the process that
+    owns the archive (``serve``) may do that, never a second process (a standalone worker) started
+    beside it, which would undo the server's transactions in flight.
+    """
     for path in (settings.data_dir, settings.archive_root):
         path.mkdir(parents=True, exist_ok=True)
     for private in (settings.spool_dir, settings.scratch_dir):
@@ -101,7 +106,8 @@ def create_context(settings: Settings, *, run_migrations: bool = True) -> AppCon
     engine = make_engine(url)
     ctx = AppContext(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
                      writer_sessions=make_sessionmaker(engine, writer=True))
-    from flip_imaging.archive.store import recover  # the store needs the context type
+    if recover:
+        from flip_imaging.archive.store import recover as recover_archive  # the store needs AppContext
 
-    recover(ctx)
+        recover_archive(ctx)
     return ctx

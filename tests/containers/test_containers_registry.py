@@ -192,6 +192,9 @@ def test_bad_launches_are_refused_with_reasons(world, client, tmp_path) -> None:
     assert r.status_code == 400 and "must be a scan URI" in r.json()["message"]
     r = launch(f"/xapi/wrappers/{wid}/root/scan/launch", {"scan": uri, "bids": "maybe"})
     assert r.status_code == 200  # booleans are lenient as in XNAT: anything but true/yes/y/1 is false
+    for escape in ("-o /tmp/elsewhere", "-o ../..", "-f ~/x"):
+        r = launch(f"/xapi/wrappers/{wid}/root/scan/launch", {"scan": uri, "other-options": escape})
+        assert r.status_code == 400 and "may not contain paths" in r.json()["message"]
     r = client.post(
         f"/xapi/wrappers/{wid}/root/scan/launch",
         auth=member,

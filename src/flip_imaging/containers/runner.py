@@ -270,6 +270,10 @@ def plan_launch(
     for inp in cdef.get("inputs") or []:
         name = inp["name"]
         val = params.get(name, cmd_values.get(name))
+        if name in params and _escapes_scratch(params[name]):
+            # commands run as processes of the server, not in a container: a launcher-supplied value
+            # must not point the command at paths outside its scratch folders (e.g. "-o /elsewhere")
+            raise LaunchError(f"Input '{name}' may not contain paths ('/', '\\' or '..')")
         if val is None and inp.get("default-value") is None and as_bool(inp.get("required")):
             raise LaunchError(f"Input '{name}' is required")
         text = _command_input_text(inp, val)
@@ -501,3 +505,8 @@ def check_nifti_slices(nifti_files: list[Path], frames: int, mosaic: bool) -> st
 
 
 SCAN_XSI_TYPES = SCAN_TYPES
+
+
+def _escapes_scratch(value: Any) -> bool:
+    text = str(value)
+    return "/" in text or "\\" in text or ".." in text or text.startswith("~")

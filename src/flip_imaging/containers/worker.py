@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from flip_imaging.config import Settings
-    from flip_imaging.db import make_engine, make_sessionmaker
+    from flip_imaging.context import create_context
 
     parser = argparse.ArgumentParser(prog="python -m flip_imaging.containers.worker")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -630,14 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     # no migrations and no archive recovery here: those belong to ``serve`` at start-up, and running them
     # while a server writes to the same archive could undo its transaction in flight
     settings = Settings.load(data_dir=ns.data_dir)
-    engine = make_engine(settings.effective_database_url)
-    ctx = AppContext(
-        settings=settings,
-        engine=engine,
-        sessions=make_sessionmaker(engine),
-        writer_sessions=make_sessionmaker(engine, writer=True),
-    )
-    settings.scratch_dir.mkdir(parents=True, exist_ok=True)
+    ctx = create_context(settings, run_migrations=False, recover=False)
     import flip_imaging.containers.provider  # noqa: F401  (registers the action provider)
 
     pool = ContainerWorkers(ctx, workers=ns.workers, lease_seconds=ns.lease_seconds)
