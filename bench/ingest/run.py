@@ -3,10 +3,14 @@ flip-imaging (``flip-imaging serve`` subprocess, FLIP site script on, durable ar
 Orthanc (TCP_NODELAY=1, default storage), in one run.
 
 Measured from the start of storescu to the last instance visible through each server's REST API
-(flip-imaging: the scan's DICOM resource file listing under /data/archive; Orthanc: /statistics).
+(flip-imaging: the scan's DICOM resource file listing under /data/archive; Orthanc: /statistics), polled
+every 0.5 s while storescu runs and every 0.05 s after it has finished, for both servers alike. Also
+reports CPU time per instance of each server (all its processes).
 Also reports flip-imaging's RSS (VmRSS) peak while the first 100 instances arrive vs over all 300.
 
-    .venv/bin/python bench/ingest/run.py [--instances 300] [--size 512] [--keep DIR]
+    .venv/bin/python bench/ingest/run.py [--instances 300] [--size 512] [--repeat 3] [--keep DIR]
+
+Rounds alternate Orthanc and flip-imaging; medians are reported (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +58,26 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def group_cpu_seconds(pgid: int, detail: dict[str, float] | None = None) -> float:
+    """User + system CPU of every live process in a process group (the server and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 (pgrp) is index 2 after the command name
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            total += ticks
+            if detail is not None:
+                name = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[-60:]
+                detail[f"{entry.name} {name}"] = ticks / tick
+    return total / tick
+
+
 def generate(directory: Path, n: int, size: int) -> None:
     def routed():  # type: ignore[no-untyped-def]
         for ds in make_ct_series(n, size, size, PlantedPHI("QB")):
@@ -63,8 +88,11 @@ def generate(directory: Path, n: int, size: int) -> None:
 
 
 def send(port: int, aec: str, directory: Path, done: dict[str, float] | None = None) -> None:
-    r = subprocess.run([STORESCU, "-aet", "BENCHSCU", "-aec", aec, "+sd", "127.0.0.1", str(port),
-                        str(directory)], capture_output=True, text=True)
+    r = subprocess.run(
+        [STORESCU, "-aet", "BENCHSCU", "-aec", aec, "+sd", "127.0.0.1", str(port), str(directory)],
+        capture_output=True,
+        text=True,
+    )
     if done is not None:
         done["sent"] = time.perf_counter()
     if r.returncode != 0:
@@ -74,14 +102,24 @@ def send(port: int, aec: str, directory: Path, done: dict[str, float] | None = N
 def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
     data = work / "flip-data"
     http_port = free_port()
-    env = {**os.environ, "FLIP_IMAGING_DATA_DIR": str(data), "FLIP_IMAGING_PORT": str(http_port),
-           "FLIP_IMAGING_DICOM_PORT": "0", "FLIP_IMAGING_ADMIN_PASSWORD": PASSWORD,
-           "FLIP_IMAGING_SESSION_QUIET_SECONDS": "10"}
+    env = {
+        **os.environ,
+        "FLIP_IMAGING_DATA_DIR": str(data),
+        "FLIP_IMAGING_PORT": str(http_port),
+        "FLIP_IMAGING_DICOM_PORT": "0",
+        "FLIP_IMAGING_ADMIN_PASSWORD": PASSWORD,
+        "FLIP_IMAGING_SESSION_QUIET_SECONDS": "10",
+    }
     exe = str(Path(sys.executable).with_name("flip-imaging"))
     subprocess.run([exe, "migrate"], env=env, check=True, capture_output=True)
     _create_project(data)
-    proc = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, stdout=open(work / "flip.log", "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "serve", "--log-level", "warning"],
+        env=env,
+        stdout=open(work / "flip.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{http_port}"
     try:
         with httpx.Client(base_url=base, auth=("admin", PASSWORD), timeout=30) as http:
@@ -92,7 +130,9 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
             http.auth = None  # type: ignore[assignment]
             http.cookies.set("JSESSIONID", login.text.strip())
             dicom_port = free_port()
-            r = http.post("/xapi/dicomscp", json={"aeTitle": "FLIP", "port": dicom_port, "directArchive": True})
+            r = http.post(
+                "/xapi/dicomscp", json={"aeTitle": "FLIP", "port": dicom_port, "directArchive": True}
+            )
             r.raise_for_status()
             time.sleep(0.5)
             samples: list[tuple[int, int]] = []  # (visible count, rss)
@@ -107,11 +147,27 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
             sampler = threading.Thread(target=sample, daemon=True)
             spy = None
             if os.environ.get("BENCH_PYSPY"):
-                spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "-p", str(proc.pid),
-                                        "-s", "-r", "200", "--format", "raw", "-o", os.environ["BENCH_PYSPY"]],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                spy = subprocess.Popen(
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "-p",
+                        str(proc.pid),
+                        "-s",
+                        "-r",
+                        "200",
+                        "--format",
+                        "raw",
+                        "-o",
+                        os.environ["BENCH_PYSPY"],
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 time.sleep(1)
             baseline = rss_kib(proc.pid)
+            detail0: dict[str, float] = {}
+            cpu0 = group_cpu_seconds(proc.pid, detail0)
             start = time.perf_counter()
             sampler.start()
             done: dict[str, float] = {}
@@ -123,8 +179,18 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
                     break
                 if time.perf_counter() - start > 900:
                     raise RuntimeError("flip-imaging did not archive everything in time")
-                time.sleep(0.1)
+                # the last instance cannot be visible before it was sent: poll gently until storescu is
+                # done (a listing costs the server CPU), then closely
+                time.sleep(0.05 if "sent" in done else 0.5)
             elapsed = time.perf_counter() - start
+            detail1: dict[str, float] = {}
+            cpu = group_cpu_seconds(proc.pid, detail1) - cpu0
+            if os.environ.get("BENCH_CPU_DETAIL"):
+                for key, value in sorted(detail1.items()):
+                    print(
+                        f"cpu ms/instance {1000 * (value - detail0.get(key, 0)) / n:7.2f}  {key}",
+                        file=sys.stderr,
+                    )
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
@@ -132,10 +198,15 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
             sender.join()
             sampler.join()
         first = [rss for count, rss in samples if count < n / 3] or [baseline]
-        return {"seconds": elapsed, "rate": n / elapsed, "storescu_seconds": done["sent"] - start,
-                "rss_baseline_mib": baseline / 1024,
-                "rss_peak_first_third_mib": max(first) / 1024,
-                "rss_peak_all_mib": max(rss for _, rss in samples) / 1024}
+        return {
+            "seconds": elapsed,
+            "rate": n / elapsed,
+            "storescu_seconds": done["sent"] - start,
+            "cpu_ms_per_instance": 1000 * cpu / n,
+            "rss_baseline_mib": baseline / 1024,
+            "rss_peak_first_third_mib": max(first) / 1024,
+            "rss_peak_all_mib": max(rss for _, rss in samples) / 1024,
+        }
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -171,8 +242,11 @@ def _wait_http(http: httpx.Client, proc: subprocess.Popen[bytes]) -> None:
 
 def _flip_visible(http: httpx.Client) -> int:
     """Files of the archived scan, as a REST client sees them."""
-    r = http.get(f"/data/archive/projects/{PROJECT}/subjects/{SUBJECT}/experiments/{SESSION}/scans/1/resources/"
-                 "DICOM/files", params={"format": "json"})
+    r = http.get(
+        f"/data/archive/projects/{PROJECT}/subjects/{SUBJECT}/experiments/{SESSION}/scans/1/resources/"
+        "DICOM/files",
+        params={"format": "json"},
+    )
     if r.status_code != 200:
         return 0
     return len(r.json()["ResultSet"]["Result"])
@@ -180,23 +254,36 @@ def _flip_visible(http: httpx.Client) -> int:
 
 def run_orthanc(work: Path, series: Path, n: int) -> dict[str, float]:
     with Orthanc(work / "orthanc") as orthanc:
+        assert orthanc.proc is not None
+        cpu0 = group_cpu_seconds(orthanc.proc.pid)
         start = time.perf_counter()
         done: dict[str, float] = {}
-        sender = threading.Thread(target=send, args=(orthanc.dicom_port, orthanc.aet, series, done), daemon=True)
+        sender = threading.Thread(
+            target=send, args=(orthanc.dicom_port, orthanc.aet, series, done), daemon=True
+        )
         sender.start()
         while orthanc.count_instances() < n:
             if time.perf_counter() - start > 900:
                 raise RuntimeError("Orthanc did not store everything in time")
-            time.sleep(0.1)
+            time.sleep(0.05 if "sent" in done else 0.5)
         elapsed = time.perf_counter() - start
+        cpu = group_cpu_seconds(orthanc.proc.pid) - cpu0
         sender.join()
-    return {"seconds": elapsed, "rate": n / elapsed, "storescu_seconds": done["sent"] - start}
+    return {
+        "seconds": elapsed,
+        "rate": n / elapsed,
+        "storescu_seconds": done["sent"] - start,
+        "cpu_ms_per_instance": 1000 * cpu / n,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (default: temporary)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="flip-bench-ingest-"))
@@ -205,14 +292,41 @@ def main() -> None:
         series = work / "series"
         if not series.exists():
             generate(series, args.instances, args.size)
-        orthanc = run_orthanc(work, series, args.instances)
-        flip = run_flip(work, series, args.instances)
-        result = {"instances": args.instances, "size": args.size, "flip_imaging": flip, "orthanc": orthanc,
-                  "ratio_flip_over_orthanc": flip["rate"] / orthanc["rate"]}
+        rounds = []
+        for i in range(args.repeat):
+            round_dir = work / f"round{i}"
+            round_dir.mkdir(exist_ok=True)
+            orthanc = run_orthanc(round_dir, series, args.instances)
+            flip = run_flip(round_dir, series, args.instances)
+            rounds.append(
+                {
+                    "flip_imaging": flip,
+                    "orthanc": orthanc,
+                    "ratio_flip_over_orthanc": flip["rate"] / orthanc["rate"],
+                }
+            )
+            print(json.dumps(rounds[-1]), file=sys.stderr)
+        result = {
+            "instances": args.instances,
+            "size": args.size,
+            "rounds": len(rounds),
+            "flip_imaging": _medians([r["flip_imaging"] for r in rounds]),
+            "orthanc": _medians([r["orthanc"] for r in rounds]),
+            "ratio_flip_over_orthanc": statistics.median(r["ratio_flip_over_orthanc"] for r in rounds),
+        }
         print(json.dumps(result, indent=2))
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per-field median over the rounds (peaks of RSS: the maximum)."""
+    out = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        out[key] = max(values) if key.startswith("rss_peak") else statistics.median(values)
+    return out
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def routed(ds: Dataset, project: str, subject: str, session: str) -> Dataset:
     return ds
 
 
-def write_study(directory: Path, phi: PlantedPHI, specs: list[SeriesSpec],
-                route: tuple[str, str, str] | None = None) -> list[Path]:
+def write_study(
+    directory: Path, phi: PlantedPHI, specs: list[SeriesSpec], route: tuple[str, str, str] | None = None
+) -> list[Path]:
     paths: list[Path] = []
     for spec in specs:
         datasets = make_series(spec, phi)
@@ -59,8 +60,14 @@ def write_study(directory: Path, phi: PlantedPHI, specs: list[SeriesSpec],
     return paths
 
 
-def storescu(port: int, paths: list[Path] | Path, aet: str = "STORESCU", aec: str = "FLIP",
-             timeout: float = 300, extra: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    paths: list[Path] | Path,
+    aet: str = "STORESCU",
+    aec: str = "FLIP",
+    timeout: float = 300,
+    extra: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     args = [STORESCU, "-v", "-aet", aet, "-aec", aec, *(extra or [])]
     if isinstance(paths, Path) and paths.is_dir():
         args += ["+sd", "+r", "127.0.0.1", str(port), str(paths)]
@@ -86,6 +93,10 @@ def archived_files(ctx, project: str) -> list[Path]:  # type: ignore[no-untyped-
     from flip_imaging.archive.store import file_path
 
     with ctx.session() as db:
-        rows = db.execute(select(Resource, File).join(File, File.resource_pk == Resource.pk)
-                          .join(Project, Project.pk == Resource.project_pk).where(Project.id == project)).all()
+        rows = db.execute(
+            select(Resource, File)
+            .join(File, File.resource_pk == Resource.pk)
+            .join(Project, Project.pk == Resource.project_pk)
+            .where(Project.id == project)
+        ).all()
         return [file_path(ctx.archive_root, res, f) for res, f in rows]

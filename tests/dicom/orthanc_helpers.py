@@ -25,8 +25,9 @@ def _free_port() -> int:
 class Orthanc:
     """An Orthanc process: its own AE/port, HTTP port, storage dir, modalities pointing at our receivers."""
 
-    def __init__(self, workdir: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
-                 aet: str = "ORTHANC") -> None:
+    def __init__(
+        self, workdir: Path, modalities: dict[str, tuple[str, str, int]] | None = None, aet: str = "ORTHANC"
+    ) -> None:
         self.workdir = workdir
         self.aet = aet
         self.dicom_port = _free_port()
@@ -63,8 +64,13 @@ class Orthanc:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=2))
         env = {**os.environ, "TCP_NODELAY": "1"}
-        self.proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [ORTHANC, str(cfg)],
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 
 import pydicom
-from dicom_helpers import add_project, archived_files, routed, storescu, wait_for, write_study
+from dicom_helpers import add_project, archived_files, routed, storescu, wait_for
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from flip_imaging.dicom.anonymize import flip_script_text
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series
@@ -40,8 +40,13 @@ def send_raw(port: int, path: Path, contexts: list[tuple[str, str]]) -> int:
     return int(status.Status)
 
 
-def one_file(tmp_path: Path, name: str, route: tuple[str, str, str] = ("P1", "S1", "E1"),
-             marker: str = "QC", description: str = "CT CHEST") -> Path:
+def one_file(
+    tmp_path: Path,
+    name: str,
+    route: tuple[str, str, str] = ("P1", "S1", "E1"),
+    marker: str = "QC",
+    description: str = "CT CHEST",
+) -> Path:
     ds = next(make_series(SeriesSpec("CT", 1, 32, 32, 1, description), PlantedPHI(marker)))
     routed(ds, *route)
     path = tmp_path / name
@@ -79,7 +84,7 @@ def test_broken_datasets_get_failure_statuses(ctx, receiver, tmp_path: Path) -> 
     implicit = io.BytesIO()
     ds.save_as(implicit, enforce_file_format=True)
     raw = implicit.getvalue()
-    body = raw[144 + int.from_bytes(raw[140:144], "little"):]
+    body = raw[144 + int.from_bytes(raw[140:144], "little") :]
     mislabelled = tmp_path / "mislabelled.dcm"
     mislabelled.write_bytes(data[:meta_end] + body)
     assert send_raw(receiver.port, mislabelled, [(CTImageStorage, ExplicitVRLittleEndian)]) == 0xC000
@@ -95,15 +100,23 @@ def test_rejected_file_is_quarantined_and_can_be_retried(ctx, receiver, tmp_path
     script = flip_script_text()
     first, rest = script.split("\n", 1)
     rejecting = f'{first}\n(0008,103E) = "REJECT ME" ? reject[]\n{rest}'
-    assert http.put("/xapi/anonymize/site", content=rejecting,
-                    headers={"content-type": "text/plain"}).status_code == 200
+    assert (
+        http.put(
+            "/xapi/anonymize/site", content=rejecting, headers={"content-type": "text/plain"}
+        ).status_code
+        == 200
+    )
     bad = one_file(tmp_path, "reject.dcm", ("P1", "S2", "E2"), "QD", "REJECT ME")
     ok = one_file(tmp_path, "ok.dcm", ("P1", "S3", "E3"), "QE")
     run = storescu(receiver.port, [bad, ok])
     assert run.returncode == 0  # both were received and spooled: rejection happens in processing
     wait_for(lambda: len(archived_files(ctx, "P1")) == 1)
     entries = wait_for(lambda: quarantine(http))
-    assert len(entries) == 1 and entries[0]["reason"] == "rejected by script" and entries[0]["kind"] == "instance"
+    assert (
+        len(entries) == 1
+        and entries[0]["reason"] == "rejected by script"
+        and entries[0]["kind"] == "instance"
+    )
     # the administrator fixes the script and retries: the instance is archived
     assert http.put("/xapi/anonymize/site", content=script).status_code == 200
     assert http.post(f"/xapi/dicomscp/quarantine/{entries[0]['id']}/retry").status_code == 200
@@ -136,7 +149,7 @@ def test_quarantine_delete_and_unknown_project_goes_to_unassigned(ctx, receiver,
     # a rejected instance deleted by the administrator is gone from the spool
     script = flip_script_text()
     first, rest = script.split("\n", 1)
-    http.put("/xapi/anonymize/site", content=f'{first}\nreject[]\n{rest}')
+    http.put("/xapi/anonymize/site", content=f"{first}\nreject[]\n{rest}")
     assert storescu(receiver.port, [one_file(tmp_path, "x.dcm", marker="QG")]).returncode == 0
     entry = wait_for(lambda: quarantine(http))[0]
     assert (ctx.settings.spool_dir / "quarantine" / entry["file"]).exists()

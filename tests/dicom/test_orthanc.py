@@ -28,8 +28,10 @@ def only_postgres(database_url: str) -> None:
 
 @pytest.fixture
 def orthanc(tmp_path: Path, receiver, only_postgres):  # type: ignore[no-untyped-def]
-    o = Orthanc(tmp_path / "orthanc", modalities={"flip": ("FLIP", "127.0.0.1", receiver.port),
-                                                   "movescu": ("MOVESCU", "127.0.0.1", 1)})
+    o = Orthanc(
+        tmp_path / "orthanc",
+        modalities={"flip": ("FLIP", "127.0.0.1", receiver.port), "movescu": ("MOVESCU", "127.0.0.1", 1)},
+    )
     o.start()
     yield o
     o.stop()
@@ -56,11 +58,16 @@ def _check_deidentified(ctx, project: str, phi: PlantedPHI, n: int) -> list[Path
 def test_orthanc_pushes_study_by_c_store(ctx, orthanc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     add_project(ctx, "P1")
     phi = PlantedPHI("QL")
-    paths = write_study(tmp_path / "in", phi, [SeriesSpec("CT", 8, 64, 64, 1, "CT CHEST"),
-                                               SeriesSpec("MR", 4, 48, 48, 2, None)], route=("P1", "S1", "E1"))
+    paths = write_study(
+        tmp_path / "in",
+        phi,
+        [SeriesSpec("CT", 8, 64, 64, 1, "CT CHEST"), SeriesSpec("MR", 4, 48, 48, 2, None)],
+        route=("P1", "S1", "E1"),
+    )
     study = _upload(orthanc, paths)
-    r = httpx.post(f"{orthanc.url}/modalities/flip/store", json={"Resources": [study], "Synchronous": True},
-                   timeout=120)
+    r = httpx.post(
+        f"{orthanc.url}/modalities/flip/store", json={"Resources": [study], "Synchronous": True}, timeout=120
+    )
     assert r.status_code == 200, r.text
     _check_deidentified(ctx, "P1", phi, len(paths))
     with ctx.session() as db:
@@ -76,12 +83,38 @@ def test_c_move_from_orthanc_with_relabel_map(ctx, orthanc, receiver, tmp_path: 
     study_uid = pydicom.dcmread(paths[0]).StudyInstanceUID
     _upload(orthanc, paths)
     # the FLIP agent's step before the C-MOVE: subject = random label, session = accession number
-    r = receiver.http.post("/xapi/dicomscp/relabel", json={"accessionNumber": accession, "project": "FLIPPROJ",
-                                                          "subject": "RNDSUBJ42", "session": accession})
+    r = receiver.http.post(
+        "/xapi/dicomscp/relabel",
+        json={
+            "accessionNumber": accession,
+            "project": "FLIPPROJ",
+            "subject": "RNDSUBJ42",
+            "session": accession,
+        },
+    )
     assert r.status_code == 201, r.text
-    move = subprocess.run([MOVESCU, "-v", "-aet", "MOVESCU", "-aec", orthanc.aet, "-aem", "FLIP", "-S",
-                           "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-                           "127.0.0.1", str(orthanc.dicom_port)], capture_output=True, text=True, timeout=120)
+    move = subprocess.run(
+        [
+            MOVESCU,
+            "-v",
+            "-aet",
+            "MOVESCU",
+            "-aec",
+            orthanc.aet,
+            "-aem",
+            "FLIP",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(orthanc.dicom_port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert move.returncode == 0, move.stderr
     _check_deidentified(ctx, "FLIPPROJ", phi, len(paths))
     with ctx.session() as db:

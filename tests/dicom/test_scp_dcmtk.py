@@ -23,16 +23,23 @@ from flip_imaging.synthetic import PlantedPHI, SeriesSpec, find_leaks
 
 
 def echo(port: int, aet: str = "ECHOSCU", aec: str = "FLIP") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ECHOSCU, "-v", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [ECHOSCU, "-v", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_echo_and_store_deidentified_study(ctx, receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     add_project(ctx, "P1")
     assert echo(receiver.port).returncode == 0
     phi = PlantedPHI("QA")
-    specs = [SeriesSpec("CT", 6, 64, 64, 1, "CT CHEST AXIAL 5mm"), SeriesSpec("MR", 4, 48, 48, 2, None),
-             SeriesSpec("CT", 3, 64, 64, 3, None)]
+    specs = [
+        SeriesSpec("CT", 6, 64, 64, 1, "CT CHEST AXIAL 5mm"),
+        SeriesSpec("MR", 4, 48, 48, 2, None),
+        SeriesSpec("CT", 3, 64, 64, 3, None),
+    ]
     paths = write_study(tmp_path / "in", phi, specs, route=("P1", "SUBJ01", "ACC0001"))
     run = storescu(receiver.port, paths)
     assert run.returncode == 0, run.stderr
@@ -40,8 +47,10 @@ def test_echo_and_store_deidentified_study(ctx, receiver, tmp_path: Path) -> Non
 
     def archived() -> bool:
         with ctx.session() as db:
-            return len(archived_files(ctx, "P1")) == len(paths) and db.scalar(
-                select(Experiment).where(Experiment.label == "ACC0001")) is not None
+            return (
+                len(archived_files(ctx, "P1")) == len(paths)
+                and db.scalar(select(Experiment).where(Experiment.label == "ACC0001")) is not None
+            )
 
     wait_for(archived, timeout=60)
     tokens = phi.search_tokens()
@@ -71,8 +80,19 @@ def test_echo_and_store_deidentified_study(ctx, receiver, tmp_path: Path) -> Non
         assert ("SessionEvent", "CREATED") in kinds
         assert kinds.count(("ResourceEvent", "CREATED")) == 3
         scan_event = next(e for e in events if e.event_type.endswith("ScanEvent"))
-        for key in ("id", "label", "xsiType", "uri", "integer-id", "scan-type", "project-id", "session-id",
-                    "modality", "series-description", "resources"):
+        for key in (
+            "id",
+            "label",
+            "xsiType",
+            "uri",
+            "integer-id",
+            "scan-type",
+            "project-id",
+            "session-id",
+            "modality",
+            "series-description",
+            "resources",
+        ):
             assert key in scan_event.payload
         assert scan_event.payload["project-id"] == "P1"
     # raw bytes are gone from the spool once archived
@@ -83,8 +103,9 @@ def test_echo_and_store_deidentified_study(ctx, receiver, tmp_path: Path) -> Non
 def test_late_files_merge_and_duplicates_are_not_stored_twice(ctx, receiver, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     add_project(ctx, "P1")
     phi = PlantedPHI("QB")
-    paths = write_study(tmp_path / "in", phi, [SeriesSpec("CT", 4, 32, 32, 1, "CT HEAD")],
-                        route=("P1", "S1", "E1"))
+    paths = write_study(
+        tmp_path / "in", phi, [SeriesSpec("CT", 4, 32, 32, 1, "CT HEAD")], route=("P1", "S1", "E1")
+    )
     assert storescu(receiver.port, paths[:2]).returncode == 0
     wait_for(lambda: len(archived_files(ctx, "P1")) == 2)
     # the rest, plus a re-send of the first two (duplicates, prearchive code 4: never overwritten)
@@ -93,8 +114,11 @@ def test_late_files_merge_and_duplicates_are_not_stored_twice(ctx, receiver, tmp
 
     def merged() -> bool:
         with ctx.session() as db:
-            return any(e.status == "MERGED" for e in db.scalars(select(Event))
-                       if e.event_type.endswith("SessionEvent"))
+            return any(
+                e.status == "MERGED"
+                for e in db.scalars(select(Event))
+                if e.event_type.endswith("SessionEvent")
+            )
 
     wait_for(merged)
     wait_for(lambda: not any((ctx.settings.spool_dir / "held").iterdir()), timeout=30)
@@ -104,8 +128,9 @@ def test_late_files_merge_and_duplicates_are_not_stored_twice(ctx, receiver, tmp
 
 
 def test_whitelist_refuses_unknown_calling_ae(ctx, receiver) -> None:  # type: ignore[no-untyped-def]
-    r = receiver.http.put(f"/xapi/dicomscp/{receiver.id}",
-                          json={"whitelistEnabled": True, "whitelist": ["GOODSCU"]})
+    r = receiver.http.put(
+        f"/xapi/dicomscp/{receiver.id}", json={"whitelistEnabled": True, "whitelist": ["GOODSCU"]}
+    )
     assert r.status_code == 200, r.text
     assert echo(receiver.port, aet="GOODSCU").returncode == 0
     bad = echo(receiver.port, aet="BADSCU")

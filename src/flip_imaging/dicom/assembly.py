@@ -95,9 +95,15 @@ def _unique_scan_id(wanted: str, taken: set[str]) -> str:
     return f"{base}-{n}"
 
 
-def archive_session(pipeline: Pipeline, session_pk: int, *, project: str | None = None,
-                    subject: str | None = None, label: str | None = None,
-                    overwrite: str | None = None) -> str:
+def archive_session(
+    pipeline: Pipeline,
+    session_pk: int,
+    *,
+    project: str | None = None,
+    subject: str | None = None,
+    label: str | None = None,
+    overwrite: str | None = None,
+) -> str:
     """Archive a RECEIVING/READY session; returns the experiment URI. Failures go to quarantine.
 
     ``project``/``subject``/``label`` override the routing (prearchive → archive); then the files are
@@ -123,8 +129,14 @@ def archive_session(pipeline: Pipeline, session_pk: int, *, project: str | None 
     return uri
 
 
-def _archive(pipeline: Pipeline, session_pk: int, project_override: str | None, subject_override: str | None,
-             label_override: str | None, overwrite_override: str | None) -> tuple[str, list[tuple[str, str]]]:
+def _archive(
+    pipeline: Pipeline,
+    session_pk: int,
+    project_override: str | None,
+    subject_override: str | None,
+    label_override: str | None,
+    overwrite_override: str | None,
+) -> tuple[str, list[tuple[str, str]]]:
     ctx = pipeline.ctx
     links = pipeline.prearchive_root / ".links"
     links.mkdir(exist_ok=True)
@@ -144,22 +156,33 @@ def _archive(pipeline: Pipeline, session_pk: int, project_override: str | None, 
         exp_label = sanitize_label(label_override) if label_override else session.label
         if not subject_label or not exp_label:
             raise ArchiveFailed("subject and session labels must not be empty")
-        relabelled = (project.id != session.project or subject_label != session.subject
-                      or exp_label != session.label)
+        relabelled = (
+            project.id != session.project or subject_label != session.subject or exp_label != session.label
+        )
         if relabelled or session.destination == "prearchive":
             pipeline.rederive(db, session, project.id, subject_label, exp_label)
         mode = overwrite_override or session.overwrite
         overwrite = mode == "delete" or (mode != "append" and project.prearchive_code == 5)
-        instances = list(db.scalars(select(DicomInstance).where(DicomInstance.session_pk == session.pk)
-                                    .order_by(DicomInstance.pk)))
+        instances = list(
+            db.scalars(
+                select(DicomInstance).where(DicomInstance.session_pk == session.pk).order_by(DicomInstance.pk)
+            )
+        )
         if not instances:
             raise ArchiveFailed("session has no instances")
         subj, _ = w.ensure_subject(project, subject_label)
         xsi = session_xsi_type(session.modalities)
         exp, created = w.ensure_experiment(
-            project, subj, exp_label, xsi_type=xsi, date=_parse_date(session.study_date),
-            time=_parse_time(session.study_time), modality=(session.modalities or [None])[0],
-            uid=session.study_uid, accession_number=session.accession_number)
+            project,
+            subj,
+            exp_label,
+            xsi_type=xsi,
+            date=_parse_date(session.study_date),
+            time=_parse_time(session.study_time),
+            modality=(session.modalities or [None])[0],
+            uid=session.study_uid,
+            accession_number=session.accession_number,
+        )
         if not created:
             if exp.subject_pk != subj.pk:
                 raise ArchiveFailed(f"session label {exp_label} is already used by another subject's session")
@@ -182,8 +205,14 @@ def _archive(pipeline: Pipeline, session_pk: int, project_override: str | None, 
                 scan_id = _unique_scan_id(first.series_number or str(len(taken) + 1), taken)
                 taken.add(scan_id)
                 scan, scan_created = w.ensure_scan(
-                    exp, scan_id, xsi_type=scan_xsi_type(first.modality), type=first.series_description,
-                    series_description=first.series_description, modality=first.modality, uid=series_uid)
+                    exp,
+                    scan_id,
+                    xsi_type=scan_xsi_type(first.modality),
+                    type=first.series_description,
+                    series_description=first.series_description,
+                    modality=first.modality,
+                    uid=series_uid,
+                )
             res, res_created = w.ensure_resource(scan, "DICOM", format="DICOM", content="RAW")
             added = 0
             for inst in members:
@@ -197,8 +226,14 @@ def _archive(pipeline: Pipeline, session_pk: int, project_override: str | None, 
                 except OSError:  # another file system: copy instead
                     source, move = src, False
                 try:
-                    w.add_file(res, file_name(inst), source, overwrite=overwrite, move=move,
-                               content_type="application/dicom")
+                    w.add_file(
+                        res,
+                        file_name(inst),
+                        source,
+                        overwrite=overwrite,
+                        move=move,
+                        content_type="application/dicom",
+                    )
                     added += 1
                 except FileExistsError:
                     link.unlink(missing_ok=True)  # a duplicate SOP instance: never overwritten (code 4)
@@ -220,9 +255,11 @@ def _archive(pipeline: Pipeline, session_pk: int, project_override: str | None, 
         session.uri = f"/data/archive/projects/{project.id}/subjects/{subj.label}/experiments/{exp.label}"
         session.reason = None
         session.updated_at = datetime.now().astimezone()
-        db.execute(update(DicomQuarantine).where(DicomQuarantine.session_pk == session.pk,
-                                                 DicomQuarantine.kind == "session")
-                   .values(reason="resolved: archived", details={"resolved": True}))
+        db.execute(
+            update(DicomQuarantine)
+            .where(DicomQuarantine.session_pk == session.pk, DicomQuarantine.kind == "session")
+            .values(reason="resolved: archived", details={"resolved": True})
+        )
         uri = session.uri
     return uri, cleanup
 
@@ -234,31 +271,77 @@ def _series_sort(number: str | None) -> tuple[int, str]:
         return (1 << 30, number or "")
 
 
-def _publish(w: ArchiveWriter, project: Project, subj: Any, exp: Experiment, created: bool,
-             scan_events: list[tuple[Scan, Resource, bool, int]]) -> None:
+def _publish(
+    w: ArchiveWriter,
+    project: Project,
+    subj: Any,
+    exp: Experiment,
+    created: bool,
+    scan_events: list[tuple[Scan, Resource, bool, int]],
+) -> None:
     base = f"/archive/experiments/{exp.id}"
     for scan, res, is_new, _added in scan_events:
         scan_uri = f"{base}/scans/{scan.scan_id}"
-        res_payload = {"id": str(res.xnat_id), "integer-id": res.xnat_id, "label": res.label,
-                       "xsiType": "xnat:resourceCatalog", "format": res.format, "content": res.content,
-                       "uri": f"{scan_uri}/resources/{res.label}", "parent-uri": scan_uri,
-                       "project-id": project.id}
-        w.publish("ResourceEvent", "CREATED" if is_new else "UPDATED", res_payload, project_id=project.id,
-                  object_uri=res_payload["uri"])
+        res_payload = {
+            "id": str(res.xnat_id),
+            "integer-id": res.xnat_id,
+            "label": res.label,
+            "xsiType": "xnat:resourceCatalog",
+            "format": res.format,
+            "content": res.content,
+            "uri": f"{scan_uri}/resources/{res.label}",
+            "parent-uri": scan_uri,
+            "project-id": project.id,
+        }
+        w.publish(
+            "ResourceEvent",
+            "CREATED" if is_new else "UPDATED",
+            res_payload,
+            project_id=project.id,
+            object_uri=res_payload["uri"],
+        )
         if is_new:
-            payload = {"id": scan.scan_id, "label": scan.scan_id, "xsiType": scan.xsi_type, "uri": scan_uri,
-                       "integer-id": scan.pk, "scan-type": scan.type, "project-id": project.id,
-                       "session-id": exp.id, "session-label": exp.label, "subject-id": subj.id,
-                       "modality": scan.modality, "series-description": scan.series_description,
-                       "resources": [{"label": res.label, "integer-id": res.xnat_id, "format": res.format,
-                                      "uri": res_payload["uri"]}]}
+            payload = {
+                "id": scan.scan_id,
+                "label": scan.scan_id,
+                "xsiType": scan.xsi_type,
+                "uri": scan_uri,
+                "integer-id": scan.pk,
+                "scan-type": scan.type,
+                "project-id": project.id,
+                "session-id": exp.id,
+                "session-label": exp.label,
+                "subject-id": subj.id,
+                "modality": scan.modality,
+                "series-description": scan.series_description,
+                "resources": [
+                    {
+                        "label": res.label,
+                        "integer-id": res.xnat_id,
+                        "format": res.format,
+                        "uri": res_payload["uri"],
+                    }
+                ],
+            }
             w.publish("ScanEvent", "CREATED", payload, project_id=project.id, object_uri=scan_uri)
     if created or scan_events:
-        session_payload = {"id": exp.id, "label": exp.label, "xsiType": exp.xsi_type, "uri": base,
-                           "project-id": project.id, "subject-id": subj.id, "modality": exp.modality,
-                           "scans": [s.scan_id for s, *_ in scan_events]}
-        w.publish("SessionEvent", "CREATED" if created else "MERGED", session_payload, project_id=project.id,
-                  object_uri=base)
+        session_payload = {
+            "id": exp.id,
+            "label": exp.label,
+            "xsiType": exp.xsi_type,
+            "uri": base,
+            "project-id": project.id,
+            "subject-id": subj.id,
+            "modality": exp.modality,
+            "scans": [s.scan_id for s, *_ in scan_events],
+        }
+        w.publish(
+            "SessionEvent",
+            "CREATED" if created else "MERGED",
+            session_payload,
+            project_id=project.id,
+            object_uri=base,
+        )
 
 
 def _cleanup(pipeline: Pipeline, files: list[tuple[str, str]]) -> None:
@@ -281,10 +364,13 @@ def _cleanup(pipeline: Pipeline, files: list[tuple[str, str]]) -> None:
 def cleanup_archived(pipeline: Pipeline) -> None:
     """Start-up: finish the clean-up of sessions archived just before a crash."""
     with pipeline.ctx.session() as db:
-        rows = db.execute(select(DicomInstance.pk, DicomInstance.raw_name, DicomInstance.deid_path,
-                                 DicomInstance.session_pk)
-                          .join(DicomSession, DicomSession.pk == DicomInstance.session_pk)
-                          .where(DicomSession.state == "ARCHIVED")).all()
+        rows = db.execute(
+            select(
+                DicomInstance.pk, DicomInstance.raw_name, DicomInstance.deid_path, DicomInstance.session_pk
+            )
+            .join(DicomSession, DicomSession.pk == DicomInstance.session_pk)
+            .where(DicomSession.state == "ARCHIVED")
+        ).all()
         if not rows:
             return
         _cleanup(pipeline, [(r.raw_name, r.deid_path) for r in rows])
@@ -303,11 +389,22 @@ def _fail(pipeline: Pipeline, session_pk: int, reason: str) -> None:
             return
         session.state = "ERROR"
         session.reason = reason
-        q = db.scalar(select(DicomQuarantine).where(DicomQuarantine.session_pk == session_pk,
-                                                    DicomQuarantine.kind == "session"))
+        q = db.scalar(
+            select(DicomQuarantine).where(
+                DicomQuarantine.session_pk == session_pk, DicomQuarantine.kind == "session"
+            )
+        )
         if q is None:
-            db.add(DicomQuarantine(kind="session", reason=reason, session_pk=session_pk, source=session.source,
-                                   size=0, details={}))
+            db.add(
+                DicomQuarantine(
+                    kind="session",
+                    reason=reason,
+                    session_pk=session_pk,
+                    source=session.source,
+                    size=0,
+                    details={},
+                )
+            )
         else:
             q.reason, q.details = reason, {}
     pipeline.notify()
@@ -316,8 +413,11 @@ def _fail(pipeline: Pipeline, session_pk: int, reason: str) -> None:
 def finish_prearchive(pipeline: Pipeline, session_pk: int) -> None:
     """A prearchive-bound session is complete: it waits (READY) for someone to archive it."""
     with pipeline.ctx.session() as db:
-        db.execute(update(DicomSession).where(DicomSession.pk == session_pk, DicomSession.state == "RECEIVING")
-                   .values(state="READY"))
+        db.execute(
+            update(DicomSession)
+            .where(DicomSession.pk == session_pk, DicomSession.state == "RECEIVING")
+            .values(state="READY")
+        )
     pipeline.notify()
 
 
@@ -327,7 +427,10 @@ def settle_imports(pipeline: Pipeline) -> None:
         for imp in db.scalars(select(DicomImport).where(DicomImport.state == "queued")):
             if imp.n_done < imp.n_files:
                 continue
-            pending = db.scalar(select(func.count(DicomSession.pk)).where(
-                DicomSession.import_pk == imp.pk, DicomSession.state.in_(("RECEIVING", "ARCHIVING"))))
+            pending = db.scalar(
+                select(func.count(DicomSession.pk)).where(
+                    DicomSession.import_pk == imp.pk, DicomSession.state.in_(("RECEIVING", "ARCHIVING"))
+                )
+            )
             if not pending:
                 imp.state = "done"

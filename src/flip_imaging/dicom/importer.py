@@ -35,7 +35,9 @@ class Destination:
     session: str | None
 
 
-def parse_dest(dest: str | None, project: str | None, subject: str | None, session: str | None) -> Destination:
+def parse_dest(
+    dest: str | None, project: str | None, subject: str | None, session: str | None
+) -> Destination:
     """``/archive/projects/P[/subjects/S[/experiments/E]]`` or ``/prearchive[/projects/P]``; query
     parameters fill what the path leaves out."""
     where, p, s, e = "archive", None, None, None
@@ -62,9 +64,18 @@ def new_import(ctx: AppContext, user: str, dest: Destination, overwrite: str) ->
     if overwrite not in ("none", "append", "delete"):
         raise ImportError_("overwrite must be none, append or delete")
     with ctx.session() as db:
-        imp = DicomImport(user=user, destination=dest.where, project=dest.project, subject=dest.subject,
-                          session=dest.session, overwrite=overwrite, state="receiving", n_files=0, n_done=0,
-                          n_quarantined=0)
+        imp = DicomImport(
+            user=user,
+            destination=dest.where,
+            project=dest.project,
+            subject=dest.subject,
+            session=dest.session,
+            overwrite=overwrite,
+            state="receiving",
+            n_files=0,
+            n_done=0,
+            n_quarantined=0,
+        )
         db.add(imp)
         db.flush()
         return imp.pk
@@ -108,7 +119,9 @@ def spool_upload(pipeline: Pipeline, import_pk: int, body: Path, handler: str) -
             else:
                 not_dicom.append(m.filename)
         if not_dicom:
-            raise ImportError_("not DICOM Part 10 file(s) in zip, nothing imported: " + ", ".join(not_dicom[:10]))
+            raise ImportError_(
+                "not DICOM Part 10 file(s) in zip, nothing imported: " + ", ".join(not_dicom[:10])
+            )
         if not wanted:
             raise ImportError_("the zip holds no DICOM files")
         for m in wanted:
@@ -140,8 +153,11 @@ def drain_inline(pipeline: Pipeline, import_pk: int) -> None:
     while pipeline.process_batch().processed or pipeline.spool.pending(1):
         pass
     with ctx.session() as db:
-        due = [pk for pk in due_sessions(db, ctx.settings.session_quiet_seconds)
-               if db.get(DicomSession, pk).import_pk == import_pk]  # type: ignore[union-attr]
+        due = [
+            pk
+            for pk in due_sessions(db, ctx.settings.session_quiet_seconds)
+            if db.get(DicomSession, pk).import_pk == import_pk
+        ]  # type: ignore[union-attr]
         kinds = {pk: db.get(DicomSession, pk).destination for pk in due}  # type: ignore[union-attr]
     for pk in due:
         if kinds[pk] == "prearchive":
@@ -169,8 +185,13 @@ def wait_import(pipeline: Pipeline, import_pk: int, timeout: float = 3600.0) -> 
             imp = db.get(DicomImport, import_pk)
             assert imp is not None
             if imp.state == "done":
-                sessions = list(db.scalars(select(DicomSession).where(DicomSession.import_pk == import_pk)
-                                           .order_by(DicomSession.pk)))
+                sessions = list(
+                    db.scalars(
+                        select(DicomSession)
+                        .where(DicomSession.import_pk == import_pk)
+                        .order_by(DicomSession.pk)
+                    )
+                )
                 uris, errors = [], []
                 for s in sessions:
                     if s.state == "ARCHIVED" and s.uri:
@@ -187,5 +208,15 @@ def wait_import(pipeline: Pipeline, import_pk: int, timeout: float = 3600.0) -> 
         pipeline.wait_changed(0.2)
 
 
-__all__ = ["UNASSIGNED", "Destination", "ImportError_", "ImportOutcome", "drain_inline", "new_import",
-           "parse_dest", "queue_import", "spool_upload", "wait_import"]
+__all__ = [
+    "UNASSIGNED",
+    "Destination",
+    "ImportError_",
+    "ImportOutcome",
+    "drain_inline",
+    "new_import",
+    "parse_dest",
+    "queue_import",
+    "spool_upload",
+    "wait_import",
+]

@@ -133,8 +133,9 @@ class DicomInstance(Base):
     __tablename__ = "dicom_instances"
     __table_args__ = (UniqueConstraint("session_pk", "sop_key", name="uq_dicom_instance_sop"),)
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    session_pk: Mapped[int] = mapped_column(ForeignKey("dicom_sessions.pk", ondelete="CASCADE"), nullable=False,
-                                            index=True)
+    session_pk: Mapped[int] = mapped_column(
+        ForeignKey("dicom_sessions.pk", ondelete="CASCADE"), nullable=False, index=True
+    )
     sop_key: Mapped[str] = mapped_column(String(64), nullable=False)
     series_key: Mapped[str] = mapped_column(String(64), nullable=False)
     #: raw file name in the spool's ``held/`` folder

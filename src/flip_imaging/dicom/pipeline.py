@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +42,7 @@ from flip_imaging.dicom.models import (
     DicomSession,
 )
 from flip_imaging.dicom.routing import ROUTING_TAGS, UNASSIGNED, Route, RoutingRules, header_text, route
-from flip_imaging.dicom.spool import Spool, fsync_dir
+from flip_imaging.dicom.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +124,65 @@ class Pipeline:
             returned = self.spool.recover()
             if returned:
                 log.info("spool recovery: %d claimed files returned to the queue", returned)
+            self._finish_interrupted_moves()
             links = self.prearchive_root / ".links"
             if links.exists():
                 for leftover in links.iterdir():
                     leftover.unlink(missing_ok=True)
             with self.ctx.session() as db:
-                db.execute(update(DicomSession).where(DicomSession.state == "ARCHIVING")
-                           .values(state="RECEIVING"))
+                db.execute(
+                    update(DicomSession).where(DicomSession.state == "ARCHIVING").values(state="RECEIVING")
+                )
+                # sessions opened by a batch that never recorded its instances (crash in between)
+                db.execute(
+                    delete(DicomSession).where(
+                        DicomSession.state == "RECEIVING", DicomSession.n_instances == 0
+                    )
+                )
             cleanup_archived(self)
+            self._rederive_pending()
+
+    def _finish_interrupted_moves(self) -> None:
+        """A crash between a batch's commit and its renames leaves raw files of recorded (or quarantined)
+        instances in the queue: finish the move instead of processing them again."""
+        names = set(self.spool.pending())
+        if not names:
+            return
+        with self.ctx.session() as db:
+            recorded = set(
+                db.scalars(select(DicomInstance.raw_name).where(DicomInstance.raw_name.in_(names)))
+            )
+            quarantined = set(
+                db.scalars(select(DicomQuarantine.raw_name).where(DicomQuarantine.raw_name.in_(names)))
+            )
+        for name in recorded:
+            os.rename(self.spool.incoming / name, self.spool.held / name)
+        for name in quarantined - recorded:
+            os.rename(self.spool.incoming / name, self.spool.quarantine / name)
+        if recorded or quarantined:
+            log.info(
+                "spool recovery: %d recorded and %d quarantined files put in place",
+                len(recorded),
+                len(quarantined - recorded),
+            )
+
+    def _rederive_pending(self) -> None:
+        """De-identified copies are written without fsync: after a crash, sessions still being received
+        get theirs re-derived from the raw spool files (prearchived ones are re-derived when archived)."""
+        with self.ctx.session() as db:
+            sessions = list(
+                db.scalars(
+                    select(DicomSession).where(
+                        DicomSession.state == "RECEIVING", DicomSession.destination == "archive"
+                    )
+                )
+            )
+            for session in sessions:
+                try:
+                    self.rederive(db, session, session.project, session.subject, session.label)
+                except QuarantineError as exc:
+                    session.state = "ERROR"
+                    session.reason = f"cannot restore after restart: {exc}"
 
     # -- sources -------------------------------------------------------------------------------------
     def _source(self, db: Session, name: str, cache: dict[str, SourceConfig | None]) -> SourceConfig | None:
@@ -147,40 +199,58 @@ class Pipeline:
             if rec is not None:
                 cfg = SourceConfig(
                     label=f"{rec.ae_title}:{rec.port}",
-                    rules=RoutingRules(rec.routing_expressions_enabled, rec.project_routing_expression,
-                                       rec.subject_routing_expression, rec.session_routing_expression),
-                    direct=rec.direct_archive, anonymize=rec.anonymization_enabled, receiver_pk=rec.pk)
+                    rules=RoutingRules(
+                        rec.routing_expressions_enabled,
+                        rec.project_routing_expression,
+                        rec.subject_routing_expression,
+                        rec.session_routing_expression,
+                    ),
+                    direct=rec.direct_archive,
+                    anonymize=rec.anonymization_enabled,
+                    receiver_pk=rec.pk,
+                )
             else:  # receiver deleted since: process with default routing
                 cfg = SourceConfig(label="receiver (deleted)", rules=RoutingRules())
         elif tag.startswith("i"):
             imp = db.get(DicomImport, pk)
             if imp is not None:
-                cfg = SourceConfig(label=f"import {imp.pk}", rules=RoutingRules(
-                    project=imp.project, subject=imp.subject, session=imp.session), direct=True,
-                    destination=imp.destination, overwrite=imp.overwrite, import_pk=imp.pk, user=imp.user)
+                cfg = SourceConfig(
+                    label=f"import {imp.pk}",
+                    rules=RoutingRules(project=imp.project, subject=imp.subject, session=imp.session),
+                    direct=True,
+                    destination=imp.destination,
+                    overwrite=imp.overwrite,
+                    import_pk=imp.pk,
+                    user=imp.user,
+                )
         cache[tag] = cfg
         return cfg
 
     # -- processing ----------------------------------------------------------------------------------
-    def process_batch(self, limit: int = BATCH) -> BatchResult:
-        """Claim up to ``limit`` spooled files, process them, commit once; returns what happened.
+    def process_batch(
+        self, limit: int = BATCH, during: Callable[[set[int]], None] | None = None
+    ) -> BatchResult:
+        """Claim up to ``limit`` spooled files and process them; returns what happened.
 
-        Routing and bookkeeping run here (they need the database); reading, the scripts and writing run
-        through :attr:`executor` (worker processes under the DICOM service), then one commit.
+        Three steps: routing and session bookkeeping (a first commit), de-identification through
+        :attr:`executor` (worker processes under the DICOM service) while ``during`` runs in this thread
+        (the service archives due sessions meanwhile, excluding the sessions given to it), then the
+        instances are recorded (second commit) and the raw files move to ``held/``.
         """
         result = BatchResult()
         with self.lock:
             names = self.spool.pending(limit)
             claimed = [(n, p) for n in names if (p := self.spool.claim(n)) is not None]
             if not claimed:
+                if during is not None:
+                    during(set())
                 return result
             moves: list[tuple[Path, Path | None]] = []
-            dirs: set[Path] = set()
+            plans: list[_Plan] = []
+            new_sessions: set[int] = set()
             with self.ctx.session() as db:
                 cache: dict[str, SourceConfig | None] = {}
                 site = anonymize.site_script(db)
-                plans: list[_Plan] = []
-                new_sessions: set[int] = set()
                 memo: dict[object, object] = {}
                 for name, path in claimed:
                     source = self._source(db, name, cache)
@@ -190,27 +260,41 @@ class Pipeline:
                         plans.append(self._prepare(db, name, path, source, site, new_sessions, memo))
                     except QuarantineError as exc:
                         self._quarantined(db, name, path, str(exc), source, moves, result)
-                outcomes = self.run_jobs([p.job for p in plans])
+            pending = self.submit_jobs([p.job for p in plans])
+            if during is not None:
+                try:
+                    during({p.session.pk for p in plans})
+                except Exception:
+                    log.exception("work done while de-identifying failed")
+            outcomes = pending()
+            with self.ctx.session() as db:
+                sessions: dict[int, DicomSession] = {}
                 for plan, outcome in zip(plans, outcomes, strict=True):
                     if not outcome.ok:
-                        self._quarantined(db, plan.name, plan.path, outcome.reason, plan.source, moves, result)
+                        self._quarantined(
+                            db, plan.name, plan.path, outcome.reason, plan.source, moves, result
+                        )
                         continue
+                    pk = plan.session.pk
+                    if pk not in sessions:
+                        row = db.get(DicomSession, pk)
+                        assert row is not None
+                        sessions[pk] = row
+                    plan.session = sessions[pk]
                     replaced_raw = self._record(db, plan, outcome)
-                    dirs.add(Path(plan.job.out).parent)
-                    result.sessions.add(plan.session.pk)
+                    result.sessions.add(pk)
                     result.processed += 1
                     moves.append((plan.path, self.spool.held / plan.name))
                     if replaced_raw and replaced_raw != plan.name:
                         moves.append((self.spool.held / replaced_raw, None))
                     if plan.source.import_pk:
                         self._import_progress(db, plan.source.import_pk)
+                db.flush()
                 for pk in new_sessions:  # a new session whose every file failed is dropped
                     session = db.get(DicomSession, pk)
                     if session is not None and session.n_instances == 0:
                         db.delete(session)
                         result.sessions.discard(pk)
-                for d in dirs:
-                    fsync_dir(d)
             # committed: the raw files change folder (a crash before this only means a harmless redo)
             for src, dst in moves:
                 if dst is None:
@@ -224,15 +308,28 @@ class Pipeline:
             self.changed.notify_all()
         return result
 
-    def run_jobs(self, jobs: list[DeidJob]) -> list[DeidResult]:
-        """De-identify in worker processes when a pool is attached, else in this thread."""
+    def submit_jobs(self, jobs: list[DeidJob]) -> Callable[[], list[DeidResult]]:
+        """Start de-identification (worker processes when a pool is attached); call the result to wait."""
         if self.executor is None or len(jobs) < 2:
-            return [deid_worker.run(j) for j in jobs]
-        chunk = max(1, len(jobs) // (4 * self.workers))
-        return list(self.executor.map(deid_worker.run, jobs, chunksize=chunk))
+            return lambda: [deid_worker.run(j) for j in jobs]
+        futures = [
+            self.executor.submit(deid_worker.run_many, jobs[i : i + 2]) for i in range(0, len(jobs), 2)
+        ]
+        return lambda: [r for f in futures for r in f.result()]
 
-    def _quarantined(self, db: Session, name: str, path: Path, reason: str, source: SourceConfig | None,
-                     moves: list[tuple[Path, Path | None]], result: BatchResult) -> None:
+    def run_jobs(self, jobs: list[DeidJob]) -> list[DeidResult]:
+        return self.submit_jobs(jobs)()
+
+    def _quarantined(
+        self,
+        db: Session,
+        name: str,
+        path: Path,
+        reason: str,
+        source: SourceConfig | None,
+        moves: list[tuple[Path, Path | None]],
+        result: BatchResult,
+    ) -> None:
         self._quarantine(db, name, path, reason, source)
         moves.append((path, self.spool.quarantine / name))
         result.quarantined += 1
@@ -245,17 +342,33 @@ class Pipeline:
             values["n_quarantined"] = DicomImport.n_quarantined + 1
         db.execute(update(DicomImport).where(DicomImport.pk == import_pk).values(**values))
 
-    def _quarantine(self, db: Session, name: str, path: Path, reason: str,
-                    source: SourceConfig | None) -> None:
+    def _quarantine(
+        self, db: Session, name: str, path: Path, reason: str, source: SourceConfig | None
+    ) -> None:
         exists = db.scalar(select(DicomQuarantine).where(DicomQuarantine.raw_name == name))
         size = path.stat().st_size if path.exists() else 0
         if exists is None:
-            db.add(DicomQuarantine(kind="instance", reason=reason, raw_name=name, size=size,
-                                   source=source.label if source else Spool.source_of(name)))
+            db.add(
+                DicomQuarantine(
+                    kind="instance",
+                    reason=reason,
+                    raw_name=name,
+                    size=size,
+                    source=source.label if source else Spool.source_of(name),
+                )
+            )
         log.warning("quarantined spool file %s: %s", name, reason)
 
-    def _prepare(self, db: Session, name: str, path: Path, source: SourceConfig,
-                 site: anonymize.StoredScript, new_sessions: set[int], memo: dict[object, object]) -> _Plan:
+    def _prepare(
+        self,
+        db: Session,
+        name: str,
+        path: Path,
+        source: SourceConfig,
+        site: anonymize.StoredScript,
+        new_sessions: set[int],
+        memo: dict[object, object],
+    ) -> _Plan:
         """Read the original header (no pixels), route, find or open the session, plan the job."""
         try:
             ds = dcmread(path, stop_before_pixels=True)
@@ -292,41 +405,75 @@ class Pipeline:
             memo[scripts_key] = self._scripts(db, source.anonymize, site, script_project)
         scripts = memo[scripts_key]
         session_key = ("session", study_key, r.project, destination)
-        session = memo.get(session_key) or self._find_session(db, study_key, r.project, destination)
+        session = memo.get(session_key)
+        if session is None:
+            session = self._find_session(db, study_key, r.project, destination)
+            if session is not None:
+                memo[session_key] = session
         if session is None:
             session = DicomSession(
-                study_key=study_key, project=r.project, subject=subject, label=label, state="RECEIVING",
-                destination=destination, direct=source.direct, overwrite=source.overwrite,
-                timestamp=prearchive_timestamp(), receiver_pk=source.receiver_pk, import_pk=source.import_pk,
-                source=source.label, accession_number=(r.accession or None) and r.accession[:64],
-                modalities=[], n_instances=0, last_received=time.time(),
-                reason=(f"project {r.unknown_project} does not exist" if r.unknown_project else None))
+                study_key=study_key,
+                project=r.project,
+                subject=subject,
+                label=label,
+                state="RECEIVING",
+                destination=destination,
+                direct=source.direct,
+                overwrite=source.overwrite,
+                timestamp=prearchive_timestamp(),
+                receiver_pk=source.receiver_pk,
+                import_pk=source.import_pk,
+                source=source.label,
+                accession_number=(r.accession or None) and r.accession[:64],
+                modalities=[],
+                n_instances=0,
+                last_received=time.time(),
+                reason=(f"project {r.unknown_project} does not exist" if r.unknown_project else None),
+            )
             db.add(session)
             db.flush()
             new_sessions.add(session.pk)
             memo[session_key] = session
             if r.relabel_pk is not None:
-                db.execute(update(DicomRelabel).where(DicomRelabel.pk == r.relabel_pk)
-                           .values(used_at=datetime.now(UTC)))
+                db.execute(
+                    update(DicomRelabel)
+                    .where(DicomRelabel.pk == r.relabel_pk)
+                    .values(used_at=datetime.now(UTC))
+                )
         elif source.import_pk is not None and session.import_pk != source.import_pk:
             session.import_pk = source.import_pk
             session.direct = True
         deid_rel = f"{session.pk}/{series_key[:16]}/{sop_key[:40]}.dcm"
         assert isinstance(session, DicomSession)
-        job = DeidJob(raw=str(path), out=str(self.prearchive_root / deid_rel), scripts=list(scripts),  # type: ignore[call-overload]
-                      variables=variables)
+        job = DeidJob(
+            raw=str(path),
+            out=str(self.prearchive_root / deid_rel),
+            scripts=list(scripts),  # type: ignore[call-overload]
+            variables=variables,
+        )
         return _Plan(name, path, source, session, sop_key, series_key, deid_rel, job)
 
     def _record(self, db: Session, plan: _Plan, outcome: DeidResult) -> str | None:
         """Record a de-identified instance in its session; returns the raw file it replaces, if any."""
         v = outcome.values
         session = plan.session
-        values = dict(series_key=plan.series_key, raw_name=plan.name, deid_path=plan.deid_rel,
-                      sop_uid=v.get("sop_uid") or plan.sop_key, series_uid=v.get("series_uid"),
-                      series_number=v.get("series_number"), series_description=v.get("series_description"),
-                      modality=v.get("modality"), size=outcome.size, state="PENDING")
-        existing = db.scalar(select(DicomInstance).where(DicomInstance.session_pk == session.pk,
-                                                         DicomInstance.sop_key == plan.sop_key))
+        values = dict(
+            series_key=plan.series_key,
+            raw_name=plan.name,
+            deid_path=plan.deid_rel,
+            sop_uid=v.get("sop_uid") or plan.sop_key,
+            series_uid=v.get("series_uid"),
+            series_number=v.get("series_number"),
+            series_description=v.get("series_description"),
+            modality=v.get("modality"),
+            size=outcome.size,
+            state="PENDING",
+        )
+        existing = db.scalar(
+            select(DicomInstance).where(
+                DicomInstance.session_pk == session.pk, DicomInstance.sop_key == plan.sop_key
+            )
+        )
         replaced_raw = None
         if existing is None:
             db.add(DicomInstance(session_pk=session.pk, sop_key=plan.sop_key, **values))
@@ -348,8 +495,9 @@ class Pipeline:
             session.state = "RECEIVING"
         return replaced_raw
 
-    def _scripts(self, db: Session, site_enabled: bool, site: anonymize.StoredScript,
-                 project: str | None) -> list[tuple[str, int, str]]:
+    def _scripts(
+        self, db: Session, site_enabled: bool, site: anonymize.StoredScript, project: str | None
+    ) -> list[tuple[str, int, str]]:
         """Site script (when on), then the project script when the file is bound for that project."""
         scripts = []
         if site_enabled and site.enabled:
@@ -375,10 +523,17 @@ class Pipeline:
     @staticmethod
     def _find_session(db: Session, study_key: str, project: str, destination: str) -> DicomSession | None:
         states = ("RECEIVING", "READY") if destination == "prearchive" else ("RECEIVING",)
-        return db.scalar(select(DicomSession).where(
-            DicomSession.study_key == study_key, DicomSession.project == project,
-            DicomSession.destination == destination, DicomSession.state.in_(states))
-            .order_by(DicomSession.pk.desc()).limit(1))
+        return db.scalar(
+            select(DicomSession)
+            .where(
+                DicomSession.study_key == study_key,
+                DicomSession.project == project,
+                DicomSession.destination == destination,
+                DicomSession.state.in_(states),
+            )
+            .order_by(DicomSession.pk.desc())
+            .limit(1)
+        )
 
     # -- re-derivation (prearchive → archive with other labels) ----------------------------------
     def rederive(self, db: Session, session: DicomSession, project: str, subject: str, label: str) -> None:
@@ -393,8 +548,14 @@ class Pipeline:
             raw = self.spool.held / inst.raw_name
             if not raw.exists():
                 raise QuarantineError("raw data of a prearchived instance is missing from the spool")
-            jobs.append(DeidJob(raw=str(raw), out=str(self.prearchive_root / inst.deid_path), scripts=scripts,
-                                variables=variables))
+            jobs.append(
+                DeidJob(
+                    raw=str(raw),
+                    out=str(self.prearchive_root / inst.deid_path),
+                    scripts=scripts,
+                    variables=variables,
+                )
+            )
         for inst, outcome in zip(instances, self.run_jobs(jobs), strict=True):
             if not outcome.ok:
                 raise QuarantineError(outcome.reason)
@@ -422,10 +583,16 @@ def due_sessions(db: Session, quiet: float, now: float | None = None) -> list[in
     now = time.time() if now is None else now
     rows = db.execute(
         select(DicomSession.pk, DicomSession.import_pk, DicomSession.direct, DicomSession.last_received)
-        .where(DicomSession.state == "RECEIVING")
-        .where(or_(DicomSession.direct.is_(True), DicomSession.last_received <= now - quiet,
-                   DicomSession.import_pk.is_not(None)))
-        .order_by(DicomSession.pk)).all()
+        .where(DicomSession.state == "RECEIVING", DicomSession.n_instances > 0)
+        .where(
+            or_(
+                DicomSession.direct.is_(True),
+                DicomSession.last_received <= now - quiet,
+                DicomSession.import_pk.is_not(None),
+            )
+        )
+        .order_by(DicomSession.pk)
+    ).all()
     out = []
     imports: dict[int, bool] = {}
     for pk, import_pk, direct, last in rows:

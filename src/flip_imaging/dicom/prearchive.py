@@ -35,15 +35,28 @@ def row_json(s: DicomSession) -> dict[str, Any]:
     """One prearchive listing row with XNAT's field names."""
     date = s.study_date or ""
     return {
-        "project": s.project, "timestamp": s.timestamp, "lastmod": s.updated_at.isoformat() if s.updated_at
-        else "", "uploaded": s.created_at.isoformat() if s.created_at else "",
+        "project": s.project,
+        "timestamp": s.timestamp,
+        "lastmod": s.updated_at.isoformat() if s.updated_at else "",
+        "uploaded": s.created_at.isoformat() if s.created_at else "",
         "scan_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else "",
-        "scan_time": s.study_time or "", "subject": s.subject, "folderName": s.label, "name": s.label,
-        "tag": s.study_uid or "", "status": prearchive_status(s), "url": session_url(s),
+        "scan_time": s.study_time or "",
+        "subject": s.subject,
+        "folderName": s.label,
+        "name": s.label,
+        "tag": s.study_uid or "",
+        "status": prearchive_status(s),
+        "url": session_url(s),
         "autoarchive": "Never" if s.destination == "prearchive" else "AutoArchive",
-        "prevent_anon": "false", "prevent_auto_commit": "false", "SOURCE": s.source, "VISIT": "",
-        "PROTOCOL": "", "TIMEZONE": "", "modality": ",".join(s.modalities or []),
-        "instances": s.n_instances, "reason": s.reason or "",
+        "prevent_anon": "false",
+        "prevent_auto_commit": "false",
+        "SOURCE": s.source,
+        "VISIT": "",
+        "PROTOCOL": "",
+        "TIMEZONE": "",
+        "modality": ",".join(s.modalities or []),
+        "instances": s.n_instances,
+        "reason": s.reason or "",
     }
 
 
@@ -58,9 +71,14 @@ def list_sessions(db: Session, projects: list[str] | None) -> list[DicomSession]
 
 
 def find_session(db: Session, project: str, timestamp: str, name: str) -> DicomSession | None:
-    return db.scalar(select(DicomSession).where(
-        DicomSession.project == project, DicomSession.timestamp == timestamp, DicomSession.label == name,
-        DicomSession.state.in_(PREARCHIVE_STATES)))
+    return db.scalar(
+        select(DicomSession).where(
+            DicomSession.project == project,
+            DicomSession.timestamp == timestamp,
+            DicomSession.label == name,
+            DicomSession.state.in_(PREARCHIVE_STATES),
+        )
+    )
 
 
 def parse_src(src: str) -> tuple[str, str, str] | None:
@@ -70,15 +88,33 @@ def parse_src(src: str) -> tuple[str, str, str] | None:
 
 def session_detail(db: Session, s: DicomSession) -> dict[str, Any]:
     """A prearchive session with its scans (grouped by series)."""
-    rows = db.execute(select(DicomInstance.series_uid, DicomInstance.series_number,
-                             DicomInstance.series_description, DicomInstance.modality,
-                             func.count(DicomInstance.pk))
-                      .where(DicomInstance.session_pk == s.pk)
-                      .group_by(DicomInstance.series_uid, DicomInstance.series_number,
-                                DicomInstance.series_description, DicomInstance.modality)).all()
+    rows = db.execute(
+        select(
+            DicomInstance.series_uid,
+            DicomInstance.series_number,
+            DicomInstance.series_description,
+            DicomInstance.modality,
+            func.count(DicomInstance.pk),
+        )
+        .where(DicomInstance.session_pk == s.pk)
+        .group_by(
+            DicomInstance.series_uid,
+            DicomInstance.series_number,
+            DicomInstance.series_description,
+            DicomInstance.modality,
+        )
+    ).all()
     out = row_json(s)
-    out["scans"] = [{"ID": num or "", "series_description": desc or "", "modality": mod or "",
-                     "UID": uid or "", "files": n} for uid, num, desc, mod, n in rows]
+    out["scans"] = [
+        {
+            "ID": num or "",
+            "series_description": desc or "",
+            "modality": mod or "",
+            "UID": uid or "",
+            "files": n,
+        }
+        for uid, num, desc, mod, n in rows
+    ]
     return out
 
 
@@ -100,18 +136,33 @@ def move_session(db: Session, s: DicomSession, project: str) -> None:
 
 # -- quarantine ----------------------------------------------------------------------------------------
 def quarantine_json(q: DicomQuarantine, session: DicomSession | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": q.pk, "kind": q.kind, "reason": q.reason, "source": q.source,
-                           "size": q.size, "created": q.created_at.isoformat() if q.created_at else None,
-                           "file": q.raw_name}
+    out: dict[str, Any] = {
+        "id": q.pk,
+        "kind": q.kind,
+        "reason": q.reason,
+        "source": q.source,
+        "size": q.size,
+        "created": q.created_at.isoformat() if q.created_at else None,
+        "file": q.raw_name,
+    }
     if session is not None:
-        out["session"] = {"project": session.project, "subject": session.subject, "label": session.label,
-                          "state": session.state, "url": session_url(session), "instances": session.n_instances}
+        out["session"] = {
+            "project": session.project,
+            "subject": session.subject,
+            "label": session.label,
+            "state": session.state,
+            "url": session_url(session),
+            "instances": session.n_instances,
+        }
     return out
 
 
 def list_quarantine(db: Session) -> list[tuple[DicomQuarantine, DicomSession | None]]:
-    rows = db.scalars(select(DicomQuarantine).where(DicomQuarantine.reason != "resolved: archived")
-                      .order_by(DicomQuarantine.pk))
+    rows = db.scalars(
+        select(DicomQuarantine)
+        .where(DicomQuarantine.reason != "resolved: archived")
+        .order_by(DicomQuarantine.pk)
+    )
     return [(q, db.get(DicomSession, q.session_pk) if q.session_pk else None) for q in rows]
 
 

@@ -19,10 +19,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flip_imaging.context import AppContext, register_service
+from flip_imaging.dicom import deid_worker
 from flip_imaging.dicom.models import DicomReceiver, DicomSession
 from flip_imaging.dicom.pipeline import Pipeline, due_sessions
 from flip_imaging.dicom.routing import parse_expressions
-from flip_imaging.dicom.scp import DicomSCP, ReceiverSpec
+from flip_imaging.dicom.scp import ReceiverSpec, ScpHost
 from flip_imaging.prefs import get_pref, set_pref
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class DicomService:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.pipeline = Pipeline(ctx)
-        self.running: dict[int, DicomSCP] = {}
+        self.host: ScpHost | None = None
         self.errors: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -172,17 +173,19 @@ class DicomService:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        from flip_imaging.archive.store import recover
-
-        recover(self.ctx)
+        # the archive's own crash recovery ran in create_context(), before any service started
         self.pipeline.recover()
         workers = deid_processes()
         if workers > 1:
             mp = multiprocessing.get_context("forkserver")
             mp.set_forkserver_preload(["flip_imaging.dicom.deid_worker", "flip_imaging.dicom.anonymize"])
-            self.pipeline.executor = ProcessPoolExecutor(max_workers=workers, mp_context=mp)
+            self.pipeline.executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=mp, initializer=deid_worker.lower_priority
+            )
             self.pipeline.workers = workers
         ensure_default_receiver(self.ctx)
+        self.host = ScpHost(self.ctx.settings.spool_dir)
+        self.pipeline.spool.wakeup = self.host.wakeup
         SERVICES[id(self.ctx)] = self
         self.sync_receivers()
         self._stop.clear()
@@ -192,9 +195,9 @@ class DicomService:
     def stop(self) -> None:
         SERVICES.pop(id(self.ctx), None)
         with self._scp_lock:
-            for scp in self.running.values():
-                scp.stop()
-            self.running.clear()
+            if self.host is not None:
+                self.host.stop()
+                self.host = None
         self._stop.set()
         self.pipeline.spool.wakeup.set()
         if self._thread is not None:
@@ -205,61 +208,35 @@ class DicomService:
 
     # -- receivers ---------------------------------------------------------------------------------
     def sync_receivers(self) -> None:
-        """Start, stop or restart SCPs so that the running set matches the database."""
+        """Make the receiver process run exactly the enabled receivers of the database."""
         with self._scp_lock:
+            if self.host is None:
+                return
             with self.ctx.session() as db:
                 scp_on = get_pref(db, SCP_ENABLED_PREF, True) is not False
-                wanted = {r.pk: _spec(r, self.ctx.settings.host) for r in db.scalars(select(DicomReceiver))
-                          if r.enabled and scp_on}
-            for pk in list(self.running):
-                if pk not in wanted or wanted[pk] != self.running[pk].spec:
-                    self.running.pop(pk).stop()
-            for pk, spec in wanted.items():
-                if pk in self.running:
-                    continue
-                scp = DicomSCP(spec, self.pipeline.spool)
-                try:
-                    scp.start()
-                except OSError as exc:
-                    self.errors[pk] = f"cannot listen on port {spec.port}: {exc.strerror}"
-                    log.error("DICOM receiver %s: %s", spec.ae_title, self.errors[pk])
-                    continue
-                self.errors.pop(pk, None)
-                self.running[pk] = scp
+                wanted = [
+                    _spec(r, self.ctx.settings.host)
+                    for r in db.scalars(select(DicomReceiver))
+                    if r.enabled and scp_on
+                ]
+            self.errors = self.host.apply(wanted)
 
     # -- worker ------------------------------------------------------------------------------------
     def _run(self) -> None:
-        from flip_imaging.dicom.assembly import (
-            ArchiveFailed,
-            archive_session,
-            finish_prearchive,
-            settle_imports,
-        )
-
+        # this thread's backlog can wait a little; the receivers' answers cannot (senders wait on them)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 5)
+        except (OSError, AttributeError):
+            pass
         spool = self.pipeline.spool
         quiet = float(self.ctx.settings.session_quiet_seconds)
         while not self._stop.is_set():
             try:
-                batch = self.pipeline.process_batch()
-                if batch.processed or batch.quarantined:
-                    continue_soon = True
-                else:
-                    continue_soon = False
-                with self.ctx.session() as db:
-                    due = due_sessions(db, quiet)
-                    destinations = {pk: d for pk, d in db.execute(
-                        select(DicomSession.pk, DicomSession.destination)
-                        .where(DicomSession.pk.in_(due))).all()} if due else {}
-                for pk in due:
-                    if self._stop.is_set():
-                        break
-                    if destinations.get(pk) == "prearchive":
-                        finish_prearchive(self.pipeline, pk)
-                        continue
-                    try:
-                        archive_session(self.pipeline, pk)
-                    except ArchiveFailed:
-                        pass  # recorded in the quarantine
+                # due sessions are archived while the batch is being de-identified (worker processes)
+                batch = self.pipeline.process_batch(during=lambda busy: self._archive_due(quiet, busy))
+                continue_soon = bool(batch.processed or batch.quarantined)
+                from flip_imaging.dicom.assembly import settle_imports
+
                 settle_imports(self.pipeline)
             except Exception:  # the worker must survive anything (e.g. the database restarting)
                 log.exception("DICOM worker iteration failed")
@@ -268,6 +245,32 @@ class DicomService:
             if not continue_soon:
                 spool.wakeup.wait(timeout=min(0.25, max(quiet / 4, 0.05)))
                 spool.wakeup.clear()
+
+    def _archive_due(self, quiet: float, busy: set[int]) -> None:
+        """Archive (or hand to the prearchive) every due session not touched by the batch in flight."""
+        from flip_imaging.dicom.assembly import ArchiveFailed, archive_session, finish_prearchive
+
+        with self.ctx.session() as db:
+            due = [pk for pk in due_sessions(db, quiet) if pk not in busy]
+            destinations = (
+                dict(
+                    db.execute(
+                        select(DicomSession.pk, DicomSession.destination).where(DicomSession.pk.in_(due))
+                    ).all()
+                )
+                if due
+                else {}
+            )
+        for pk in due:
+            if self._stop.is_set():
+                return
+            if destinations.get(pk) == "prearchive":
+                finish_prearchive(self.pipeline, pk)
+                continue
+            try:
+                archive_session(self.pipeline, pk)
+            except ArchiveFailed:
+                pass  # recorded in the quarantine
 
 
 #: running services by context, so routes can reach them (tests run several contexts in one process)

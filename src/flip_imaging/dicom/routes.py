@@ -92,7 +92,9 @@ def _receiver(db: Session, receiver_id: int) -> DicomReceiver:
 
 # -- /xapi/dicomscp ------------------------------------------------------------------------------------
 @router.get("/xapi/dicomscp")
-def list_receivers(db: Session = Depends(get_db), _: Principal = Depends(require_user)) -> list[dict[str, Any]]:
+def list_receivers(
+    db: Session = Depends(get_db), _: Principal = Depends(require_user)
+) -> list[dict[str, Any]]:
     return [rx.to_json(r) for r in db.scalars(select(DicomReceiver).order_by(DicomReceiver.pk))]
 
 
@@ -126,8 +128,9 @@ def stop_receivers(request: Request, _: Principal = Depends(require_admin)) -> R
 
 
 @router.get("/xapi/dicomscp/title/{ae_title}/{port}")
-def receiver_by_title(ae_title: str, port: int, db: Session = Depends(get_db),
-                      _: Principal = Depends(require_user)) -> dict[str, Any]:
+def receiver_by_title(
+    ae_title: str, port: int, db: Session = Depends(get_db), _: Principal = Depends(require_user)
+) -> dict[str, Any]:
     r = db.scalar(select(DicomReceiver).where(DicomReceiver.ae_title == ae_title, DicomReceiver.port == port))
     if r is None:
         raise HTTPException(404, detail=f"no DICOM receiver {ae_title}:{port}")
@@ -136,7 +139,9 @@ def receiver_by_title(ae_title: str, port: int, db: Session = Depends(get_db),
 
 # -- quarantine (before /{id} so that the literal path wins) ------------------------------------------
 @router.get("/xapi/dicomscp/quarantine")
-def list_quarantine(db: Session = Depends(get_db), _: Principal = Depends(require_admin)) -> list[dict[str, Any]]:
+def list_quarantine(
+    db: Session = Depends(get_db), _: Principal = Depends(require_admin)
+) -> list[dict[str, Any]]:
     return [prearchive.quarantine_json(q, s) for q, s in prearchive.list_quarantine(db)]
 
 
@@ -199,13 +204,21 @@ def _drain(pipe: Pipeline) -> None:
 # -- relabel map ---------------------------------------------------------------------------------------
 def _relabel_json(r: DicomRelabel) -> dict[str, Any]:
     key = "studyInstanceUid" if r.key_kind == "study_uid" else "accessionNumber"
-    return {"id": r.pk, key: r.key_value, "project": r.project, "subject": r.subject, "session": r.session,
-            "created": r.created_at.isoformat() if r.created_at else None,
-            "used": r.used_at.isoformat() if r.used_at else None}
+    return {
+        "id": r.pk,
+        key: r.key_value,
+        "project": r.project,
+        "subject": r.subject,
+        "session": r.session,
+        "created": r.created_at.isoformat() if r.created_at else None,
+        "used": r.used_at.isoformat() if r.used_at else None,
+    }
 
 
 @router.get("/xapi/dicomscp/relabel")
-def list_relabels(db: Session = Depends(get_db), _: Principal = Depends(require_admin)) -> list[dict[str, Any]]:
+def list_relabels(
+    db: Session = Depends(get_db), _: Principal = Depends(require_admin)
+) -> list[dict[str, Any]]:
     return [_relabel_json(r) for r in db.scalars(select(DicomRelabel).order_by(DicomRelabel.pk))]
 
 
@@ -227,7 +240,9 @@ async def create_relabel(request: Request, who: Principal = Depends(require_user
             raise HTTPException(400, detail=f"{k} must be a string")
     with ctx.session() as db:
         project = check_project(db, who, fields["project"], Access.WRITE)
-        row = db.scalar(select(DicomRelabel).where(DicomRelabel.key_kind == kind, DicomRelabel.key_value == value))
+        row = db.scalar(
+            select(DicomRelabel).where(DicomRelabel.key_kind == kind, DicomRelabel.key_value == value)
+        )
         if row is None:
             row = DicomRelabel(key_kind=kind, key_value=value, project=project.id)
             db.add(row)
@@ -251,14 +266,16 @@ def delete_relabel(relabel_id: int, request: Request, who: Principal = Depends(r
 
 # -- /xapi/dicomscp/{id} -------------------------------------------------------------------------------
 @router.get("/xapi/dicomscp/{receiver_id}")
-def get_receiver(receiver_id: int, db: Session = Depends(get_db),
-                 _: Principal = Depends(require_user)) -> dict[str, Any]:
+def get_receiver(
+    receiver_id: int, db: Session = Depends(get_db), _: Principal = Depends(require_user)
+) -> dict[str, Any]:
     return rx.to_json(_receiver(db, receiver_id))
 
 
 @router.put("/xapi/dicomscp/{receiver_id}")
-async def update_receiver(receiver_id: int, request: Request,
-                          _: Principal = Depends(require_admin)) -> dict[str, Any]:
+async def update_receiver(
+    receiver_id: int, request: Request, _: Principal = Depends(require_admin)
+) -> dict[str, Any]:
     body = await _json_body(request)
     ctx = get_ctx(request)
     with ctx.session() as db, _receiver_errors():
@@ -280,13 +297,16 @@ def delete_receiver(receiver_id: int, request: Request, _: Principal = Depends(r
 
 
 @router.get("/xapi/dicomscp/{receiver_id}/enabled")
-def receiver_enabled(receiver_id: int, db: Session = Depends(get_db), _: Principal = Depends(require_user)) -> bool:
+def receiver_enabled(
+    receiver_id: int, db: Session = Depends(get_db), _: Principal = Depends(require_user)
+) -> bool:
     return _receiver(db, receiver_id).enabled
 
 
 @router.put("/xapi/dicomscp/{receiver_id}/enabled/{flag}")
-def set_receiver_enabled(receiver_id: int, flag: str, request: Request,
-                         _: Principal = Depends(require_admin)) -> dict[str, Any]:
+def set_receiver_enabled(
+    receiver_id: int, flag: str, request: Request, _: Principal = Depends(require_admin)
+) -> dict[str, Any]:
     ctx = get_ctx(request)
     with ctx.session() as db:
         r = _receiver(db, receiver_id)
@@ -334,7 +354,9 @@ def get_site_enabled(request: Request, _: Principal = Depends(require_user)) -> 
 
 
 @router.put("/xapi/anonymize/site/enabled")
-def put_site_enabled(request: Request, enable: str = "true", _: Principal = Depends(require_admin)) -> Response:
+def put_site_enabled(
+    request: Request, enable: str = "true", _: Principal = Depends(require_admin)
+) -> Response:
     with get_ctx(request).session() as db:
         anonymize.set_site_enabled(db, _flag(enable))
     return Response(status_code=200)
@@ -351,7 +373,9 @@ def get_project_script(project_id: str, request: Request, who: Principal = Depen
 
 
 @router.put("/xapi/anonymize/projects/{project_id}")
-async def put_project_script(project_id: str, request: Request, who: Principal = Depends(require_user)) -> Response:
+async def put_project_script(
+    project_id: str, request: Request, who: Principal = Depends(require_user)
+) -> Response:
     text = await _text_body(request)
     with get_ctx(request).session() as db:
         project = check_project(db, who, project_id, Access.MANAGE)
@@ -370,8 +394,9 @@ def get_project_enabled(project_id: str, request: Request, who: Principal = Depe
 
 
 @router.put("/xapi/anonymize/projects/{project_id}/enabled")
-def put_project_enabled(project_id: str, request: Request, enable: str = "true",
-                        who: Principal = Depends(require_user)) -> Response:
+def put_project_enabled(
+    project_id: str, request: Request, enable: str = "true", who: Principal = Depends(require_user)
+) -> Response:
     with get_ctx(request).session() as db:
         project = check_project(db, who, project_id, Access.MANAGE)
         anonymize.set_project_enabled(db, project.id, _flag(enable))
@@ -425,16 +450,18 @@ def _prearchived(db: Session, who: Principal, project: str, timestamp: str, name
 
 
 @router.get("/data/prearchive/projects/{project_id}/{timestamp}/{name}")
-def prearchive_session(project_id: str, timestamp: str, name: str, request: Request,
-                       who: Principal = Depends(require_user)) -> Any:
+def prearchive_session(
+    project_id: str, timestamp: str, name: str, request: Request, who: Principal = Depends(require_user)
+) -> Any:
     with get_ctx(request).session() as db:
         s = _prearchived(db, who, project_id, timestamp, name)
         return _result_set([prearchive.session_detail(db, s)], "Prearchive session")
 
 
 @router.delete("/data/prearchive/projects/{project_id}/{timestamp}/{name}")
-def prearchive_session_delete(project_id: str, timestamp: str, name: str, request: Request,
-                              who: Principal = Depends(require_user)) -> Response:
+def prearchive_session_delete(
+    project_id: str, timestamp: str, name: str, request: Request, who: Principal = Depends(require_user)
+) -> Response:
     ctx = get_ctx(request)
     with ctx.session() as db:
         s = _prearchived(db, who, project_id, timestamp, name)
@@ -491,8 +518,15 @@ async def archive_from_prearchive(request: Request, who: Principal = Depends(req
         dest = check_project(db, who, dest, Access.WRITE).id
         pk = s.pk
     try:
-        uri = await run_in_threadpool(archive_session, pipeline_for(ctx), pk, project=dest, subject=subject,
-                                      label=label, overwrite=overwrite)
+        uri = await run_in_threadpool(
+            archive_session,
+            pipeline_for(ctx),
+            pk,
+            project=dest,
+            subject=subject,
+            label=label,
+            overwrite=overwrite,
+        )
     except ArchiveFailed as exc:
         raise HTTPException(409, detail=f"session not archived: {exc}") from exc
     return PlainTextResponse(uri)
@@ -517,7 +551,9 @@ async def prearchive_move(request: Request, who: Principal = Depends(require_use
         raise HTTPException(400, detail="newProject is required")
     ctx = get_ctx(request)
     with ctx.session() as db:
-        target = UNASSIGNED if new_project == UNASSIGNED else check_project(db, who, new_project, Access.WRITE).id
+        target = (
+            UNASSIGNED if new_project == UNASSIGNED else check_project(db, who, new_project, Access.WRITE).id
+        )
         for project, timestamp, name in _srcs(params):
             prearchive.move_session(db, _prearchived(db, who, project, timestamp, name), target)
     return PlainTextResponse("moved")
@@ -529,10 +565,13 @@ async def import_dicom(request: Request, who: Principal = Depends(require_user))
     q = request.query_params
     handler = q.get("import-handler") or "DICOM-zip"
     if handler not in ("DICOM-zip", "gradual-DICOM"):
-        raise HTTPException(400, detail=f"import-handler {handler!r} is not supported (DICOM-zip, gradual-DICOM)")
+        raise HTTPException(
+            400, detail=f"import-handler {handler!r} is not supported (DICOM-zip, gradual-DICOM)"
+        )
     try:
-        dest = importer.parse_dest(q.get("dest"), q.get("project"), q.get("subject"),
-                                   q.get("session") or q.get("label"))
+        dest = importer.parse_dest(
+            q.get("dest"), q.get("project"), q.get("subject"), q.get("session") or q.get("label")
+        )
     except importer.ImportError_ as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     ctx = get_ctx(request)
@@ -567,6 +606,8 @@ async def import_dicom(request: Request, who: Principal = Depends(require_user))
         await run_in_threadpool(importer.drain_inline, pipe, import_pk)
     outcome = await run_in_threadpool(importer.wait_import, pipe, import_pk)
     if not outcome.uris:
-        reasons = outcome.errors or ([f"{outcome.quarantined} file(s) quarantined"] if outcome.quarantined else [])
+        reasons = outcome.errors or (
+            [f"{outcome.quarantined} file(s) quarantined"] if outcome.quarantined else []
+        )
         raise HTTPException(422, detail="nothing was archived: " + "; ".join(reasons or ["no session"]))
     return PlainTextResponse("\n".join(outcome.uris))

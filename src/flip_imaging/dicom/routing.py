@@ -120,8 +120,11 @@ def resolve_project(db: Session, name: str | None) -> str | None:
     if not name:
         return None
     return db.scalar(
-        select(Project.id).outerjoin(ProjectAlias, ProjectAlias.project_pk == Project.pk)
-        .where(or_(Project.id == name, ProjectAlias.alias == name)).limit(1))
+        select(Project.id)
+        .outerjoin(ProjectAlias, ProjectAlias.project_pk == Project.pk)
+        .where(or_(Project.id == name, ProjectAlias.alias == name))
+        .limit(1)
+    )
 
 
 def find_relabel(db: Session, ds: Dataset) -> DicomRelabel | None:
@@ -129,8 +132,9 @@ def find_relabel(db: Session, ds: Dataset) -> DicomRelabel | None:
     accession = header_text(ds, ACCESSION_NUMBER)
     for kind, value in (("study_uid", study), ("accession", accession)):
         if value:
-            row = db.scalar(select(DicomRelabel).where(DicomRelabel.key_kind == kind,
-                                                       DicomRelabel.key_value == value))
+            row = db.scalar(
+                select(DicomRelabel).where(DicomRelabel.key_kind == kind, DicomRelabel.key_value == value)
+            )
             if row is not None:
                 return row
     return None
@@ -151,8 +155,9 @@ def route(db: Session, ds: Dataset, rules: RoutingRules) -> Route:
     relabel = find_relabel(db, ds)
     accession = header_text(ds, ACCESSION_NUMBER) or None
 
-    def pick(kind: str, explicit: str | None, relabel_value: str | None, expression: str,
-             fallbacks: list[str]) -> str | None:
+    def pick(
+        kind: str, explicit: str | None, relabel_value: str | None, expression: str, fallbacks: list[str]
+    ) -> str | None:
         if explicit:
             return explicit
         if relabel_value:
@@ -169,8 +174,9 @@ def route(db: Session, ds: Dataset, rules: RoutingRules) -> Route:
                 return fallback
         return None
 
-    project_name = pick("Project", rules.project, relabel.project if relabel else None,
-                        rules.project_expression, [])
+    project_name = pick(
+        "Project", rules.project, relabel.project if relabel else None, rules.project_expression, []
+    )
     project = resolve_project(db, project_name) if project_name else None
     if project is None and not project_name:
         # classic fallbacks: the whole Study Description, then the Accession Number, must name a project
@@ -178,11 +184,23 @@ def route(db: Session, ds: Dataset, rules: RoutingRules) -> Route:
             project = resolve_project(db, candidate)
             if project:
                 break
-    subject = pick("Subject", rules.subject, relabel.subject if relabel else None, rules.subject_expression,
-                   [header_text(ds, PATIENT_NAME)])
+    subject = pick(
+        "Subject",
+        rules.subject,
+        relabel.subject if relabel else None,
+        rules.subject_expression,
+        [header_text(ds, PATIENT_NAME)],
+    )
     relabel_session = (relabel.session or accession) if relabel else None
-    session = pick("Session", rules.session, relabel_session, rules.session_expression,
-                   [header_text(ds, PATIENT_ID)])
+    session = pick(
+        "Session", rules.session, relabel_session, rules.session_expression, [header_text(ds, PATIENT_ID)]
+    )
     unknown = sanitize_label(project_name) if project_name and project is None else None
-    return Route(project=project or UNASSIGNED, subject=sanitize_label(subject), session=sanitize_label(session),
-                 accession=accession, relabel_pk=relabel.pk if relabel else None, unknown_project=unknown)
+    return Route(
+        project=project or UNASSIGNED,
+        subject=sanitize_label(subject),
+        session=sanitize_label(session),
+        accession=accession,
+        relabel_pk=relabel.pk if relabel else None,
+        unknown_project=unknown,
+    )
