@@ -13,9 +13,13 @@ case's ``ok`` codes). Shorthands below cover XNAT's usual rules.
 The world every call runs in is built by :func:`seed`: site admin ``admin``; users ``owner``,
 ``member``, ``collab`` (groups of private project ``P1``) and ``outsider``; in ``P1`` subject ``S1``,
 experiment ``E1`` (``xnat:ctSessionData``), scan ``1`` with a ``DICOM`` resource holding ``1.dcm``, and a
-project resource ``NOTES``. URLs are the route with ``{name}`` replaced from ``SAMPLE`` (extend it, or
-give a case an explicit ``url``). Non-GET calls run in a fresh world for every role, so a mutation by
-one role never changes what the next sees.
+project resource ``NOTES``; events, DICOM and container objects (see the ``_seed_*`` functions). URLs
+are the route with ``{name}`` replaced from ``SAMPLE`` and the seed's values (or a case's explicit
+``url``, which may use the same ``{names}``). A catch-all route (``/data/projects/{rest:path}``) has
+several cases, one per URL; every registered route needs at least one.
+
+The seed runs once per backend; each call gets a copy of it. For non-GET calls every role expected to
+succeed gets its own fresh copy, so one role's change never decides what the next sees.
 """
 
 from __future__ import annotations

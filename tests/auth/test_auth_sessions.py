@@ -9,7 +9,7 @@ from auth_helpers import PASSWORD, add_user, admin_auth
 from sqlalchemy import select, update
 
 from flip_imaging.auth import service
-from flip_imaging.auth.models import WebSession
+from flip_imaging.auth.models import AliasToken, WebSession
 from flip_imaging.auth.passwords import sha256_hex
 
 
@@ -130,3 +130,17 @@ def test_password_change_ends_other_sessions(client, ctx) -> None:
     assert r.status_code == 200
     assert client.get("/data/auth", cookies={"JSESSIONID": sid}).status_code == 401
     assert client.get("/data/auth", auth=("hank", "New-Password-1")).status_code == 200
+
+
+def test_login_clears_out_dead_sessions_and_tokens(client, ctx) -> None:
+    add_user(ctx, "ivan")
+    old_sid = client.put("/data/services/auth", data={"username": "ivan", "password": PASSWORD}).text
+    token = client.get("/data/services/tokens/issue", auth=("ivan", PASSWORD)).json()
+    with ctx.session() as db:
+        db.execute(update(WebSession).values(expires_at=service.now() - timedelta(seconds=1)))
+        db.execute(update(AliasToken).values(expires_at=service.now() - timedelta(seconds=1)))
+    new_sid = client.put("/data/services/auth", data={"username": "ivan", "password": PASSWORD}).text
+    with ctx.session() as db:
+        assert list(db.scalars(select(WebSession.token_sha256))) == [sha256_hex(new_sid)]
+        assert db.scalar(select(AliasToken).where(AliasToken.alias == token["alias"])) is None
+    assert old_sid != new_sid

@@ -69,3 +69,20 @@ def test_pyxnat_style_jsession_with_basic_auth(live_server, ctx) -> None:
     assert r.status_code == 200 and len(r.text) == 32
     r = session.delete(f"{live_server}/data/JSESSION")
     assert r.status_code == 200
+
+
+def test_full_xnat_connect_with_password_and_token(live_server, ctx) -> None:
+    """The whole of ``xnat.connect`` (also needs the archive's /data/version and /xapi/schemas)."""
+    add_user(ctx, "alice")
+    with xnat.connect(live_server, user="alice", password=PASSWORD) as session:
+        assert session.logged_in_user == "alice"
+        # the keep-alive period comes from our SESSION_EXPIRATION_TIME cookie: timeout / 2 - 20 s
+        assert session._keepalive_interval == 15 * 60 / 2 - 20
+        token = session.services.issue_token()
+        jsession = session.jsession
+    # disconnecting ended the session
+    assert requests.get(f"{live_server}/data/auth", cookies={"JSESSIONID": jsession}).status_code == 401
+    with xnat.connect(live_server, user=token.alias, password=token.secret) as session:
+        assert session.logged_in_user == "alice"
+    with pytest.raises(exceptions.XNATLoginFailedError):
+        xnat.connect(live_server, user="alice", password="not-the-password")

@@ -137,6 +137,7 @@ class ArchiveWriter:
         self.txid = uuid.uuid4().hex
         self.db: Session = ctx.writer_sessions()
         self._plan = _Plan()
+        self._pending: dict[Path, _Move] = {}  # final path → its move, to spot re-adds in O(1)
         self._published = False
 
     # -- context management -------------------------------------------------------------------------
@@ -351,16 +352,18 @@ class ArchiveWriter:
         relpath = safe_relpath(relpath)
         final = resource_dir(self.root, resource) / relpath
         existing = self.db.scalar(select(File).where(File.resource_pk == resource.pk, File.path == relpath))
-        pending = any(m.final == final for m in self._plan.moves)
+        pending = final in self._pending
         if (existing is not None or pending) and not overwrite:
             raise FileExistsError(f"{relpath} already exists in resource {resource.label}")
         staged = self.staging / f"{self.txid}-{uuid.uuid4().hex}"
         size, digest = _stage(source, staged, move=move, max_bytes=max_bytes)
         if pending:
-            for m in [m for m in self._plan.moves if m.final == final]:
-                m.staged.unlink(missing_ok=True)
-                self._plan.moves.remove(m)
-        self._plan.moves.append(_Move(staged=staged, final=final))
+            replaced = self._pending.pop(final)
+            replaced.staged.unlink(missing_ok=True)
+            self._plan.moves.remove(replaced)
+        move = _Move(staged=staged, final=final)
+        self._plan.moves.append(move)
+        self._pending[final] = move
         if existing is not None:
             existing.size, existing.sha256, existing.content_type = size, digest, content_type
             self.db.flush()

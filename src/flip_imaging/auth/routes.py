@@ -2,8 +2,26 @@
 
 Wire shapes follow XNAT 1.8 (``/data/services/auth``, ``/data/JSESSION``, ``/data/auth``,
 ``/data/services/tokens/...``, ``/xapi/users/...``, ``/data/projects/{p}/users/...``,
-``/xapi/access/projects``). Our own addition: ``POST /xapi/users/{username}/set-password``, which spends
-the single-use token of a set-password link. Logic lives in :mod:`flip_imaging.auth.service`.
+``/xapi/access/projects``). Logic lives in :mod:`flip_imaging.auth.service`.
+
+Decisions (where XNAT leaves room or we differ on purpose):
+
+* Sessions idle out after 15 minutes (XNAT's default); ``GET /data/JSESSION`` (xnatpy's heartbeat)
+  extends the cookie's session. The ``SESSION_EXPIRATION_TIME`` cookie is ``"<ms>,<timeout ms>"``.
+* Alias tokens live 48 hours. ``?singleUse=true`` on ``issue`` makes a single-use token (XNAT has
+  single-use tokens but no REST flag). ``validate`` answers ``{"valid": "<username>"}`` or
+  ``{"valid": null}`` exactly as XNAT, but does not spend a single-use token; only logging in with it does.
+  ``invalidate`` also takes the secret-less form (owner or admin).
+* Project membership: one group per user and project (PUT moves); the only owner of a project can
+  neither leave nor be demoted (409) so no project is left without an owner; unknown users are a 404
+  (XNAT would e-mail an invitation). Groups may be named ``Owners``, ``owner(s)`` or ``P1_owner``.
+* ``/xapi/access/projects`` lists the caller's groups; site admins also get every other project with
+  role ``owner`` (the access they effectively have).
+* User lists (``/xapi/users``, ``/xapi/users/profiles``, ``/data/users``) are open to every user, as
+  XNAT's default; the site preference ``security.restrictUserListAccessToAdmins`` limits them to admins.
+* Our additions for set-password links: ``GET /set-password`` (a small page; the alias and secret travel
+  in the URL fragment, which browsers never send) posting to ``POST /xapi/users/{username}/set-password``,
+  which spends the link's single-use token.
 """
 
 from __future__ import annotations

@@ -260,7 +260,11 @@ def remove_role(db: Session, user: User, role: str) -> bool:
 
 
 def create_session(db: Session, user: User) -> tuple[str, WebSession]:
-    """A new login session; returns the session id (32 hex digits like Tomcat's) and its row."""
+    """A new login session; returns the session id (32 hex digits like Tomcat's) and its row.
+
+    Logins are also when dead sessions and tokens are cleared out, so the tables stay small without a
+    background job."""
+    purge_expired(db)
     session_id = secrets.token_hex(16).upper()
     row = WebSession(token_sha256=sha256_hex(session_id), user_pk=user.pk, created_at=now(),
                      expires_at=now() + SESSION_TIMEOUT)
@@ -294,8 +298,11 @@ def end_user_sessions(db: Session, user: User) -> None:
 def purge_expired(db: Session) -> int:
     """Remove ended sessions and dead tokens (housekeeping; safe to call any time)."""
     moment = now()
-    n = db.execute(delete(WebSession).where(WebSession.expires_at <= moment)).rowcount or 0
-    n += db.execute(delete(AliasToken).where(AliasToken.expires_at <= moment)).rowcount or 0
+    # synchronize_session=False: SQLite hands back naive datetimes, which Python cannot compare to ``moment``
+    n = db.execute(delete(WebSession).where(WebSession.expires_at <= moment)
+                   .execution_options(synchronize_session=False)).rowcount or 0
+    n += db.execute(delete(AliasToken).where(AliasToken.expires_at <= moment)
+                    .execution_options(synchronize_session=False)).rowcount or 0
     return n
 
 
@@ -357,14 +364,21 @@ def check_token(db: Session, alias: str, secret: str) -> User | None:
 
 def consume_token(db: Session, alias: str, secret: str) -> User | None:
     """Like :func:`check_token`, but a single-use token is spent atomically: of two concurrent callers
-    exactly one gets the user (a conditional UPDATE, so it holds on PostgreSQL and SQLite alike)."""
+    exactly one gets the user (a conditional UPDATE, so it holds on PostgreSQL and SQLite alike).
+
+    For a single-use token this commits the caller's transaction before spending it: on SQLite a read
+    transaction cannot become a write transaction once another connection has written ("database is
+    locked" at once), while one that starts with the UPDATE waits for the lock. Call it before writing.
+    """
     token = find_token(db, alias)
     if not _token_usable(token, secret):
         return None
     assert token is not None
     if token.single_use:
-        spent = db.execute(update(AliasToken).where(AliasToken.pk == token.pk, AliasToken.valid.is_(True))
-                           .values(valid=False))
+        db.commit()
+        spent = db.execute(update(AliasToken).where(AliasToken.pk == token.pk, AliasToken.valid.is_(True),
+                                                    AliasToken.expires_at > now()).values(valid=False)
+                           .execution_options(synchronize_session=False))
         if spent.rowcount != 1:
             return None
     owner = db.get(User, token.user_pk)
