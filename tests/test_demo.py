@@ -39,7 +39,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             / "NIFTI"
             / f"scan_{scan}.nii.gz"
         ).is_file()
-    assert "Log in as admin with password" in out and "Browse: http://127.0.0.1:" in out
+    assert "Log in as admin with the password in" in out and "Browse: http://127.0.0.1:" in out
+    assert (data / "admin-password.txt").read_text().strip() not in out  # never printed
     # the table shows the planted name on the left and the subject label on the right
     assert "PHIDM" in out and "DEMO01" in out
 

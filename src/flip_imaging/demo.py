@@ -11,7 +11,6 @@ with their shapes. Any failed step ends the command with a non-zero exit code.
 from __future__ import annotations
 
 import gzip
-import secrets
 import socket
 import subprocess
 import tempfile
@@ -90,17 +89,19 @@ class _Server:
         from flip_imaging.config import Settings
         from flip_imaging.context import create_context
 
-        self.password = secrets.token_urlsafe(12)
         self.settings = Settings(
             data_dir=data_dir,
             port=port,
             dicom_port=dicom_port,
-            admin_password=self.password,
             session_quiet_seconds=2.0,
             container_workers=2,
         )
         self.ctx = create_context(self.settings)
-        ensure_admin(self.ctx)
+        # as `serve` does: a generated password in an owner-only file, never printed
+        boot = ensure_admin(self.ctx)
+        assert boot.password_file is not None
+        self.password_file = boot.password_file
+        self.password = boot.password_file.read_text().strip()
         self.server: Any = None
         self.thread: threading.Thread | None = None
 
@@ -421,7 +422,10 @@ def run_demo(data_dir: Path, keep_running: bool, port: int, dicom_port: int, tim
 
         console.rule("[bold green]demo complete")
         console.print(f"Browse: {server.url}/data/projects/{PROJECT}/experiments?format=json")
-        console.print(f"Log in as [bold]admin[/] with password [bold]{server.password}[/] (demo only)")
+        console.print(
+            f"Log in as [bold]admin[/] with the password in {server.password_file} (readable only by you)",
+            soft_wrap=True,
+        )
         console.print(f"API docs: {server.url}/xapi/docs   data directory: {data_dir}")
         if keep_running:
             console.print("Server kept running; press Ctrl-C to stop.")
