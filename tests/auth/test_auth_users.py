@@ -110,6 +110,8 @@ def test_update_user(client, ctx) -> None:
     r = client.put("/xapi/users/alice", json={"password": "Admin-Set-Pass-1", "verified": False},
                    auth=admin_auth(ctx))
     assert r.status_code == 200 and r.json()["verified"] is False
+    assert client.get("/data/auth", auth=("alice", "Admin-Set-Pass-1")).status_code == 401  # unverified
+    assert client.put("/xapi/users/alice/verified/true", auth=admin_auth(ctx)).status_code == 200
     assert client.get("/data/auth", auth=("alice", "Admin-Set-Pass-1")).status_code == 200
     assert client.put("/xapi/users/nobody", json={"firstName": "x"}, auth=admin_auth(ctx)).status_code == 404
 

@@ -54,7 +54,9 @@ def authenticate_password(db: Session, username: str, password: str) -> User | N
     """A user by username/password, or by alias token/secret; None when either is wrong or disabled."""
     user = db.scalar(select(User).where(User.username == username))
     if user is not None:
-        return user if user.enabled and verify_password(password, user.password_hash) else None
+        # as XNAT: disabled and unverified accounts cannot log in (a set-password link verifies them)
+        ok = user.enabled and user.verified and verify_password(password, user.password_hash)
+        return user if ok else None
     token = db.scalar(select(AliasToken).where(AliasToken.alias == username))
     if token is None:
         verify_password(password, None)  # same cost as a real check
