@@ -57,23 +57,16 @@ def migrate(data_dir: Path = typer.Option(None, "--data-dir")) -> None:
     console.print("database is up to date")
 
 
-def _register_optional_commands() -> None:
-    """Commands owned by sub-packages."""
-    try:
-        from flip_imaging.dicomedit.cli import anonymize_command
-    except ImportError:
-        pass
-    else:
-        app.command("anonymize")(anonymize_command)
-    try:
-        from flip_imaging.demo import demo_command
-    except ImportError:
-        pass
-    else:
-        app.command("demo")(demo_command)
+def _register_subpackage_commands() -> None:
+    """Commands owned by sub-packages (imported here so ``--help`` lists them)."""
+    from flip_imaging.demo import demo_command
+    from flip_imaging.dicomedit.cli import anonymize_command
+
+    app.command("anonymize")(anonymize_command)
+    app.command("demo")(demo_command)
 
 
-_register_optional_commands()
+_register_subpackage_commands()
 
 
 def main() -> None:
