@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -75,3 +75,17 @@ def import_all_models() -> None:
     for mod in pkgutil.walk_packages(flip_imaging.__path__, "flip_imaging."):
         if mod.name.endswith(".models"):
             importlib.import_module(mod.name)
+
+
+def end_read_snapshot(session: Session) -> None:
+    """Before a read-then-write request writes, end its read-only transaction.
+
+    On SQLite a transaction that has read cannot wait for the write lock: if another connection
+    committed since its first read, the upgrade fails at once with "database is locked". Committing
+    the (read-only) transaction first lets the write start afresh and wait its turn. Call it only
+    when nothing has been written yet in this session.
+    """
+    if session.bind is not None and session.bind.dialect.name == "sqlite" and session.in_transaction():
+        if session.new or session.dirty or session.deleted:
+            raise RuntimeError("end_read_snapshot called with unflushed changes")
+        session.commit()

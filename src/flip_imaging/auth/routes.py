@@ -51,6 +51,7 @@ from flip_imaging.auth.deps import (
 )
 from flip_imaging.auth.models import User
 from flip_imaging.auth.principal import Access, Principal
+from flip_imaging.db import end_read_snapshot
 from flip_imaging.prefs import get_pref
 
 router = APIRouter()
@@ -160,6 +161,7 @@ def login(request: Request, db: Session = Depends(get_db), username: str | None 
     user = authenticate_password(db, user_name, secret)
     if user is None:
         raise Unauthorized(LOGIN_FAILED)
+    end_read_snapshot(db)
     session_id, _row = service.create_session(db, user)
     _commit(db)
     response = PlainTextResponse(session_id)
@@ -174,6 +176,7 @@ def get_jsession(request: Request, who: Principal = Depends(require_user),
     assert who.user is not None
     sid = request.cookies.get(SESSION_COOKIE)
     row = service.find_session(db, sid) if sid else None
+    end_read_snapshot(db)
     if sid and row is not None and row.user_pk == who.user.pk:
         service.touch_session(db, row)
         session_id = sid
