@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ import pytest
 
 from flip_imaging.config import Settings
 from flip_imaging.db import migrate
+from flip_imaging.netutil import free_port
 
 PG_ADMIN_DSN = os.environ.get("FLIP_IMAGING_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = [b for b in os.environ.get("FLIP_IMAGING_TEST_DATABASES", "sqlite,postgresql").split(",") if b]
@@ -74,10 +74,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -36,18 +36,13 @@ from sqlalchemy import insert, select
 from flip_imaging.archive.models import Experiment, File, IdCounter, Project, Resource, Scan, Subject
 from flip_imaging.config import Settings
 from flip_imaging.context import create_context
+from flip_imaging.netutil import free_port
 
 PASSWORD = "bench-Admin-Password-1"
 N_EXPERIMENTS = 1000
 FILES_PER_EXPERIMENT = 100
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def populate(settings: Settings, zip_bytes: int) -> list[Path]:

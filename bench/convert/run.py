@@ -41,6 +41,7 @@ from flip_imaging.config import Settings
 from flip_imaging.containers.models import Container, ContainerHistory
 from flip_imaging.containers.service import set_dicom_to_nifti
 from flip_imaging.context import create_context
+from flip_imaging.netutil import free_port
 from flip_imaging.synthetic import PlantedPHI, make_ct_series, write_series
 
 PASSWORD = "bench-Admin-Password-1"
@@ -55,12 +56,6 @@ def _ts(value) -> float:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _archive(ctx, files: list[Path], label: str) -> tuple[str, dict, Path]:
@@ -161,7 +156,7 @@ def main() -> int:
             database_url=ns.database_url,
             admin_password=PASSWORD,
             dicom_port=0,
-            port=_free_port(),
+            port=free_port(),
             container_workers=2,
         )
         ctx = create_context(settings)

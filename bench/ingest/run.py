@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "dicom"))
 from orthanc_helpers import Orthanc  # noqa: E402
 
+from flip_imaging.netutil import free_port  # noqa: E402
 from flip_imaging.synthetic import PlantedPHI, make_ct_series, write_series  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"
@@ -42,10 +42,6 @@ PASSWORD = "bench-Admin-password-1"
 PROJECT, SUBJECT, SESSION = "BENCH", "SUBJ001", "ACC0001"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int) -> int:

@@ -11,7 +11,6 @@ with their shapes. Any failed step ends the command with a non-zero exit code.
 from __future__ import annotations
 
 import gzip
-import socket
 import subprocess
 import tempfile
 import threading
@@ -25,6 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
+
+from flip_imaging.netutil import free_port
 
 PROJECT = "FLIPDEMO"
 SUBJECT = "DEMO01"
@@ -51,10 +52,6 @@ class DemoFailed(RuntimeError):
     """A step of the demo did not do what it should; the message says which and why."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
@@ -218,7 +215,7 @@ def run_demo(data_dir: Path, keep_running: bool, port: int, dicom_port: int, tim
     originals = data_dir / "demo-originals"
     console.rule("[bold]flip-imaging demo")
     console.print(f"data directory: {data_dir}")
-    server = _Server(data_dir, port or _free_port(), dicom_port or _free_port())
+    server = _Server(data_dir, port or free_port(), dicom_port or free_port())
     server.start()
     try:
         http = httpx.Client(base_url=server.url, timeout=60)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 from flip_imaging.archive.models import Project, ProjectMember
 from flip_imaging.auth import service
 from flip_imaging.auth.models import UserRole
@@ -11,12 +9,6 @@ from flip_imaging.auth.principal import ADMIN_ROLE
 from flip_imaging.context import AppContext
 
 PASSWORD = "Correct-Horse-9"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def admin_auth(ctx: AppContext) -> tuple[str, str]:

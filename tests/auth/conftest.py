@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from auth_helpers import add_project, add_user, free_port
+from auth_helpers import add_project, add_user
 
 from flip_imaging.context import AppContext
+from flip_imaging.netutil import free_port
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import re
 from email import policy
 
 import pytest
-from auth_helpers import PASSWORD, add_user, admin_auth, free_port
+from auth_helpers import PASSWORD, add_user, admin_auth
 
 from flip_imaging.auth import mail, service
+from flip_imaging.netutil import free_port
 
 
 def _link_parts(url: str) -> dict[str, str]:

@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from dicom_helpers import ADMIN_AUTH, Receiver, free_port
+from dicom_helpers import ADMIN_AUTH, Receiver
+
+from flip_imaging.netutil import free_port
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,12 +17,6 @@ from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series, write_se
 STORESCU = "/usr/bin/storescu"
 ADMIN_AUTH = ("admin", "admin-test-Password-1")  # tests/conftest.py's admin (no tests package to import)
 ECHOSCU = "/usr/bin/echoscu"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,13 +12,11 @@ from typing import Any
 
 import httpx
 
+from flip_imaging.netutil import free_port
+
 ORTHANC = "/usr/sbin/Orthanc"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Orthanc:
@@ -30,8 +27,8 @@ class Orthanc:
     ) -> None:
         self.workdir = workdir
         self.aet = aet
-        self.dicom_port = _free_port()
-        self.http_port = _free_port()
+        self.dicom_port = free_port()
+        self.http_port = free_port()
         self.modalities = modalities or {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "orthanc.log"

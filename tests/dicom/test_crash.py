@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from dicom_helpers import STORESCU, free_port, wait_for, write_study
+from dicom_helpers import STORESCU, wait_for, write_study
 
+from flip_imaging.netutil import free_port
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec
 
 PASSWORD = "crash-Admin-password-1"

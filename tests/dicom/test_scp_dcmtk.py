@@ -10,7 +10,6 @@ from dicom_helpers import (
     ECHOSCU,
     add_project,
     archived_files,
-    free_port,
     storescu,
     wait_for,
     write_study,
@@ -19,6 +18,7 @@ from sqlalchemy import select
 
 from flip_imaging.archive.models import Experiment, Scan, Subject
 from flip_imaging.events.models import Event
+from flip_imaging.netutil import free_port
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, find_leaks
 
 
