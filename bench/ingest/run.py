@@ -110,7 +110,7 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
     subprocess.run([exe, "migrate"], env=env, check=True, capture_output=True)
     _create_project(data)
     proc = subprocess.Popen(
-        [exe, "serve", "--log-level", "warning"],
+        [exe, "serve", "--log-level", os.environ.get("BENCH_SERVER_LOG_LEVEL", "warning")],
         env=env,
         stdout=open(work / "flip.log", "wb"),
         stderr=subprocess.STDOUT,
@@ -158,7 +158,7 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
                         os.environ["BENCH_PYSPY"],
                     ],
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=open(os.environ["BENCH_PYSPY"] + ".log", "w"),
                 )
                 time.sleep(1)
             baseline = rss_kib(proc.pid)

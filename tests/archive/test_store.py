@@ -175,3 +175,49 @@ def test_relabelled_folder_is_never_shared(ctx) -> None:
     with ArchiveWriter(ctx) as w:
         w.delete(w.db.get(Experiment, exp.pk))
     assert [p.read_bytes() for p in _all_files(ctx.archive_root)] == [b"second"]
+
+
+def test_known_digest_moves_without_reading_and_bulk_rows(ctx, tmp_path: Path) -> None:
+    """The DICOM intake hands over files it hashed itself: moved in, fsynced at commit, rows in bulk."""
+    _project(ctx)
+    sources = []
+    for i in range(5):
+        src = ctx.archive_root.parent / f"deid-{i}.dcm"  # same file system as the archive
+        src.write_bytes(f"instance {i}".encode() * 100)
+        sources.append(src)
+    with ArchiveWriter(ctx) as w:
+        _exp, _scan, res = _scan_resource(w)
+        for i, src in enumerate(sources):
+            data = src.read_bytes()
+            known = (len(data), hashlib.sha256(data).hexdigest())
+            row = w.add_file(res, f"{i}.dcm", src, move=True, known=known, flush=False)
+            assert row.pk is None  # not flushed yet
+        with pytest.raises(FileExistsError):  # duplicates are seen before any flush
+            w.add_file(res, "3.dcm", b"again", flush=False)
+    assert not any(src.exists() for src in sources)  # moved, not copied
+    with ctx.session() as db:
+        rows = {r.path: r for r in db.scalars(select(File))}
+    assert sorted(rows) == [f"{i}.dcm" for i in range(5)]
+    for i in range(5):
+        on_disk = file_path(ctx.archive_root, res, rows[f"{i}.dcm"]).read_bytes()
+        assert on_disk == f"instance {i}".encode() * 100
+        assert rows[f"{i}.dcm"].sha256 == hashlib.sha256(on_disk).hexdigest()
+    assert _all_files(ctx.archive_root / STAGING) == []
+
+
+def test_file_cache_follows_deletions_in_one_transaction(ctx) -> None:
+    _project(ctx)
+    with ArchiveWriter(ctx) as w:
+        _exp, _scan, res = _scan_resource(w)
+        w.add_file(res, "1.dcm", b"one")
+    with ArchiveWriter(ctx) as w:
+        _exp, _scan, res = _scan_resource(w)
+        with pytest.raises(FileExistsError):
+            w.add_file(res, "1.dcm", b"dup")
+        existing = w.db.scalar(select(File).where(File.path == "1.dcm"))
+        w.delete_file(existing)
+        w.add_file(res, "1.dcm", b"new")  # allowed once the old row is gone
+    with ctx.session() as db:
+        row = db.scalar(select(File).where(File.path == "1.dcm"))
+        assert row.sha256 == hashlib.sha256(b"new").hexdigest()
+    assert file_path(ctx.archive_root, res, row).read_bytes() == b"new"

@@ -97,6 +97,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_one(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_all(paths: list[Path], threads: int = 8) -> None:
+    """fsync many files at once: waiting fsyncs share the journal commits of the file system, so a
+    batch costs a few commits instead of one per file."""
+    if len(paths) < 2:
+        for path in paths:
+            _fsync_one(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(paths)), thread_name_prefix="fsync") as pool:
+        for _ in pool.map(_fsync_one, paths):
+            pass
+
+
 def _makedirs(path: Path) -> None:
     """Create ``path`` and fsync each new directory's parent so the entry itself is durable."""
     missing: list[Path] = []
@@ -138,6 +160,8 @@ class ArchiveWriter:
         self.db: Session = ctx.writer_sessions()
         self._plan = _Plan()
         self._pending: dict[Path, _Move] = {}  # final path → its move, to spot re-adds in O(1)
+        self._resource_files: dict[int, dict[str, File]] = {}  # see _files_of
+        self._unsynced: list[Path] = []  # staged with a known digest, not yet fsynced
         self._published = False
 
     # -- context management -------------------------------------------------------------------------
@@ -183,6 +207,8 @@ class ArchiveWriter:
         try:
             self.db.add(ArchiveTxn(txid=self.txid))
             self.db.flush()  # constraint violations surface here, before any file moves
+            unsynced = set(self._unsynced)
+            _fsync_all([m.staged for m in plan.moves if m.staged in unsynced])
             self._write_journal()
             for move in plan.moves:
                 _makedirs(move.final.parent)
@@ -343,50 +369,80 @@ class ArchiveWriter:
     # -- files --------------------------------------------------------------------------------------
     def add_file(self, resource: Resource, relpath: str, source: Path | bytes | IO[bytes], *,
                  overwrite: bool = False, move: bool = False, content_type: str | None = None,
-                 max_bytes: int | None = None) -> File:
+                 max_bytes: int | None = None, known: tuple[int, str] | None = None,
+                 flush: bool = True) -> File:
         """Stage ``source`` and record it as ``relpath`` in ``resource``.
 
-        ``move=True`` renames a source path into staging (same file system) instead of copying it.
-        ``max_bytes`` bounds a streamed source: exceeding it raises :class:`ValueError` and stages nothing.
+        ``move=True`` renames a source path into staging (same file system) instead of copying it;
+        with ``known`` = (size, SHA-256) the caller vouches for the digest (the DICOM intake's worker
+        processes compute it while writing), so the file is not read again; it is fsynced at commit,
+        together with the other such files (concurrent fsyncs share the file system's journal
+        commits). ``max_bytes`` bounds a streamed source: exceeding it raises :class:`ValueError` and
+        stages nothing. ``flush=False`` leaves the INSERT to the next flush (bulk adds); the returned
+        row then has no primary key yet.
         """
         relpath = safe_relpath(relpath)
         final = resource_dir(self.root, resource) / relpath
-        existing = self.db.scalar(select(File).where(File.resource_pk == resource.pk, File.path == relpath))
+        existing = self._files_of(resource).get(relpath)
         pending = final in self._pending
         if (existing is not None or pending) and not overwrite:
             raise FileExistsError(f"{relpath} already exists in resource {resource.label}")
         staged = self.staging / f"{self.txid}-{uuid.uuid4().hex}"
-        size, digest = _stage(source, staged, move=move, max_bytes=max_bytes)
+        if known is not None and move and isinstance(source, Path):
+            os.replace(source, staged)
+            size, digest = known
+            self._unsynced.append(staged)
+        else:
+            size, digest = _stage(source, staged, move=move, max_bytes=max_bytes)
         if pending:
             replaced = self._pending.pop(final)
             replaced.staged.unlink(missing_ok=True)
             self._plan.moves.remove(replaced)
-        move = _Move(staged=staged, final=final)
-        self._plan.moves.append(move)
-        self._pending[final] = move
+        if final in self._plan.delete_files:  # deleted, then added again: the new file replaces it
+            self._plan.delete_files.remove(final)
+        move_ = _Move(staged=staged, final=final)
+        self._plan.moves.append(move_)
+        self._pending[final] = move_
         if existing is not None:
             existing.size, existing.sha256, existing.content_type = size, digest, content_type
-            self.db.flush()
+            if flush:
+                self.db.flush()
             return existing
         row = File(resource_pk=resource.pk, path=relpath, size=size, sha256=digest, content_type=content_type)
         self.db.add(row)
-        self.db.flush()
+        self._files_of(resource)[relpath] = row
+        if flush:
+            self.db.flush()
         return row
+
+    def _files_of(self, resource: Resource) -> dict[str, File]:
+        """The resource's catalog rows by path, loaded once per transaction (one query, not one per
+        added file); :meth:`add_file` and :meth:`delete_file` keep it current."""
+        files = self._resource_files.get(resource.pk)
+        if files is None:
+            files = {f.path: f for f in self.db.scalars(select(File).where(File.resource_pk == resource.pk))}
+            self._resource_files[resource.pk] = files
+        return files
 
     def delete_file(self, file: File) -> None:
         resource = self.db.get(Resource, file.resource_pk)
         assert resource is not None
+        cached = self._resource_files.get(resource.pk)
+        if cached is not None and cached.get(file.path) is file:
+            del cached[file.path]
         self._plan.delete_files.append(file_path(self.root, resource, file))
         self.db.delete(file)
         self.db.flush()
 
     def delete_resource(self, resource: Resource) -> None:
+        self._resource_files.clear()
         self._plan.delete_dirs.append(resource_dir(self.root, resource))
         self.db.delete(resource)
         self.db.flush()
 
     def delete(self, obj: Project | Subject | Experiment | Scan | Assessor) -> None:
         """Delete a catalog object with everything below it (files removed after the commit)."""
+        self._resource_files.clear()
         for resource in self._resources_under(obj):
             self._plan.delete_dirs.append(resource_dir(self.root, resource))
         if isinstance(obj, Project):

@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from datetime import date, datetime, time
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -110,6 +111,7 @@ def archive_session(
     re-derived from the raw spool copies so the scripts see the final labels.
     """
     ctx = pipeline.ctx
+    started = perf_counter()
     try:
         with pipeline.lock:
             uri, cleanup = _archive(pipeline, session_pk, project, subject, label, overwrite)
@@ -120,11 +122,19 @@ def archive_session(
         log.exception("archiving session %s failed", session_pk)
         _fail(pipeline, session_pk, f"internal error while archiving ({type(exc).__name__})")
         raise ArchiveFailed(f"internal error while archiving ({type(exc).__name__})") from exc
+    archived = perf_counter()
     _cleanup(pipeline, cleanup)
     with ctx.session() as db:
         from flip_imaging.dicom.pipeline import forget_instances
 
         forget_instances(db, session_pk)
+    log.info(
+        "session %s archived: %d instances in %.3f s (+%.3f s clean-up)",
+        session_pk,
+        len(cleanup),
+        archived - started,
+        perf_counter() - archived,
+    )
     pipeline.notify()
     return uri
 
@@ -233,12 +243,15 @@ def _archive(
                         overwrite=overwrite,
                         move=move,
                         content_type="application/dicom",
+                        known=(inst.size, inst.sha256) if move and inst.sha256 else None,
+                        flush=False,
                     )
                     added += 1
                 except FileExistsError:
                     link.unlink(missing_ok=True)  # a duplicate SOP instance: never overwritten (code 4)
                 inst.state = "ARCHIVED"
                 cleanup.append((inst.raw_name, inst.deid_path))
+            db.flush()  # the bulk of File rows added above, in a few multi-row INSERTs
             n_files = db.scalar(select(func.count(File.pk)).where(File.resource_pk == res.pk)) or 0
             if n_files == 0:
                 raise ArchiveFailed(f"scan {scan.scan_id} would have no readable DICOM file")

@@ -7,6 +7,8 @@ de-identified values that go into the archive catalog.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -18,15 +20,30 @@ from flip_imaging.dicomedit.fileio import BadDicomFile, read_checked
 SOP_UID, SERIES_UID, STUDY_UID = 0x00080018, 0x0020000E, 0x0020000D
 
 
+@dataclass(frozen=True)
+class ScriptRef:
+    """A script a job applies, by reference: jobs cross a process boundary by the hundred per second,
+    and a site script is tens of kilobytes. A worker compiles each text once (keyed by its digest) and
+    reads it from ``path``, written by the pipeline, only the first time it meets the digest."""
+
+    which: str
+    script_id: int
+    digest: str
+    path: str
+
+
 @dataclass
 class DeidJob:
     """One file to de-identify: raw spool path in, de-identified copy out."""
 
     raw: str
     out: str
-    #: (which, script id, text) in application order
-    scripts: list[tuple[str, int, str]] = field(default_factory=list)
+    #: scripts in application order
+    scripts: list[ScriptRef] = field(default_factory=list)
     variables: dict[str, str | None] = field(default_factory=dict)
+    #: the receiver already walked the data set's structure before acknowledging it (only the file
+    #: meta is checked again); uploads and deflated data sets are walked here
+    structure_checked: bool = False
 
 
 @dataclass
@@ -34,7 +51,28 @@ class DeidResult:
     ok: bool
     reason: str = ""
     size: int = 0
+    #: SHA-256 of the de-identified copy (written and fsynced by the worker)
+    sha256: str | None = None
     values: dict[str, str | None] = field(default_factory=dict)
+
+
+#: compiled scripts of this process by text digest
+_scripts: dict[str, object] = {}
+
+
+def _script(ref: ScriptRef):  # type: ignore[no-untyped-def]
+    from flip_imaging.dicom import anonymize
+
+    script = _scripts.get(ref.digest)
+    if script is None:
+        text = Path(ref.path).read_text(encoding="utf-8")
+        if hashlib.sha256(text.encode()).hexdigest() != ref.digest:
+            raise DicomEditRuntimeError("the stored script changed while it was in use")
+        script = anonymize.compiled(text)
+        if len(_scripts) > 64:
+            _scripts.clear()
+        _scripts[ref.digest] = script
+    return script
 
 
 def _text(ds, tag: int, limit: int) -> str | None:  # type: ignore[no-untyped-def]
@@ -49,31 +87,44 @@ def run(job: DeidJob) -> DeidResult:
     from flip_imaging.dicom import anonymize
 
     try:
-        ds = read_checked(Path(job.raw))
+        ds = read_checked(Path(job.raw), body_checked=job.structure_checked)
     except BadDicomFile as exc:
         return DeidResult(False, str(exc))
     except OSError as exc:
         return DeidResult(False, f"unreadable spool file ({exc.strerror})")
-    for which, script_id, text in job.scripts:
-        stored = anonymize.StoredScript(script_id, text, True)
+    for ref in job.scripts:
         try:
-            res = anonymize.apply(stored, ds, dict(job.variables))
+            script = _script(ref)
+            res = script.apply(ds, variables=dict(job.variables))  # type: ignore[attr-defined]
         except DicomEditRuntimeError as exc:
-            return DeidResult(False, f"{which} anonymization script failed: {exc}")
+            return DeidResult(False, f"{ref.which} anonymization script failed: {exc}")
+        except OSError as exc:
+            return DeidResult(False, f"{ref.which} anonymization script unreadable ({exc.strerror})")
         except Exception as exc:  # an engine bug must not lose the file: quarantine it
-            return DeidResult(False, f"{which} anonymization script failed ({type(exc).__name__})")
+            return DeidResult(False, f"{ref.which} anonymization script failed ({type(exc).__name__})")
         if res.rejected:
             return DeidResult(False, "rejected by script")
+        anonymize.record_application(ds, ref.script_id)
     out = Path(job.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
     try:
+        buf = io.BytesIO()  # one instance in memory (it is already, decoded): hash what is written
+        ds.save_as(buf, enforce_file_format=True)
+        data = buf.getbuffer()
+        size = len(data)
+        digest = hashlib.sha256(data).hexdigest()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            size = fh.tell()
-        # no fsync: this copy is derived data. The raw file stays durable in the spool until the archive
-        # transaction (which fsyncs what it files) commits, and start-up re-derives unarchived copies.
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            # no fsync here: the archive transaction that files this inode (hard-linked, with the digest
+            # above) fsyncs a whole batch at once; until then the raw file stays durable in the spool
+            # and start-up re-derives unarchived copies
+        finally:
+            os.close(fd)
+            del data
         os.replace(tmp, out)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
@@ -88,11 +139,21 @@ def run(job: DeidJob) -> DeidResult:
         "study_date": _text(ds, 0x00080020, 8),
         "study_time": _text(ds, 0x00080030, 16),
     }
-    return DeidResult(True, size=size, values=values)
+    return DeidResult(True, size=size, sha256=digest, values=values)
 
 
 def run_many(jobs: list[DeidJob]) -> list[DeidResult]:
     return [run(j) for j in jobs]
+
+
+def warm(scripts: list[ScriptRef]) -> int:
+    """Get a fresh worker process ready before the first study arrives: import the reader and writer,
+    compile the scripts. Otherwise the first files of a study pay for it while the sender waits."""
+    import pydicom.filewriter  # noqa: F401
+
+    for ref in scripts:
+        _script(ref)
+    return os.getpid()
 
 
 def lower_priority() -> None:

@@ -149,6 +149,9 @@ class DicomInstance(Base):
     series_description: Mapped[str | None] = mapped_column(String(255))
     modality: Mapped[str | None] = mapped_column(String(16))
     size: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    #: SHA-256 of the de-identified copy, computed (and the copy fsynced) by the worker that wrote it;
+    #: None for rows written before that (the archive then hashes the file itself)
+    sha256: Mapped[str | None] = mapped_column(String(64))
     #: PENDING, ARCHIVED (files to clean up)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from flip_imaging.archive.models import Project
 from flip_imaging.context import AppContext
 from flip_imaging.dicom import anonymize, deid_worker
-from flip_imaging.dicom.deid_worker import DeidJob, DeidResult
+from flip_imaging.dicom.deid_worker import DeidJob, DeidResult, ScriptRef
 from flip_imaging.dicom.models import (
     DicomImport,
     DicomInstance,
@@ -450,6 +450,8 @@ class Pipeline:
             out=str(self.prearchive_root / deid_rel),
             scripts=list(scripts),  # type: ignore[call-overload]
             variables=variables,
+            # the receiver walked the data set before acknowledging it (see scp.check_dataset)
+            structure_checked=Spool.source_of(name).startswith("r"),
         )
         return _Plan(name, path, source, session, sop_key, series_key, deid_rel, job)
 
@@ -467,6 +469,7 @@ class Pipeline:
             series_description=v.get("series_description"),
             modality=v.get("modality"),
             size=outcome.size,
+            sha256=outcome.sha256,
             state="PENDING",
         )
         existing = db.scalar(
@@ -497,16 +500,28 @@ class Pipeline:
 
     def _scripts(
         self, db: Session, site_enabled: bool, site: anonymize.StoredScript, project: str | None
-    ) -> list[tuple[str, int, str]]:
+    ) -> list[ScriptRef]:
         """Site script (when on), then the project script when the file is bound for that project."""
         scripts = []
         if site_enabled and site.enabled:
-            scripts.append(("site", site.script_id, site.text))
+            scripts.append(self.script_ref("site", site))
         if project is not None:
             proj = anonymize.project_script(db, project)
             if proj is not None and proj.enabled:
-                scripts.append(("project", proj.script_id, proj.text))
+                scripts.append(self.script_ref("project", proj))
         return scripts
+
+    def script_ref(self, which: str, stored: anonymize.StoredScript) -> ScriptRef:
+        """Publish a script's text for the worker processes (once per text) and refer to it."""
+        digest = hashlib.sha256(stored.text.encode()).hexdigest()
+        path = self.spool.scripts / f"{digest}.das"
+        if not path.exists():
+            tmp = path.with_name(f".{digest}.{threading.get_ident()}.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(stored.text)
+            os.replace(tmp, path)
+        return ScriptRef(which, stored.script_id, digest, str(path))
 
     @staticmethod
     def _may_write(db: Session, username: str, project: Project | None) -> bool:
@@ -561,6 +576,7 @@ class Pipeline:
                 raise QuarantineError(outcome.reason)
             v = outcome.values
             inst.size = outcome.size
+            inst.sha256 = outcome.sha256
             inst.sop_uid = v.get("sop_uid") or inst.sop_key
             inst.series_uid = v.get("series_uid")
             session.study_uid = v.get("study_uid")

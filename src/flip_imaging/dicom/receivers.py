@@ -183,6 +183,7 @@ class DicomService:
                 max_workers=workers, mp_context=mp, initializer=deid_worker.lower_priority
             )
             self.pipeline.workers = workers
+            self._warm_workers(workers)
         ensure_default_receiver(self.ctx)
         self.host = ScpHost(self.ctx.settings.spool_dir)
         self.pipeline.spool.wakeup = self.host.wakeup
@@ -191,6 +192,21 @@ class DicomService:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="dicom-worker", daemon=True)
         self._thread.start()
+
+    def _warm_workers(self, workers: int) -> None:
+        """Start every de-identification process now, with the current scripts compiled (a process
+        that starts while a study arrives costs that study seconds of CPU)."""
+        from flip_imaging.dicom import anonymize
+
+        assert self.pipeline.executor is not None
+        with self.ctx.session() as db:
+            refs = [self.pipeline.script_ref("site", anonymize.site_script(db))]
+        futures = [self.pipeline.executor.submit(deid_worker.warm, refs) for _ in range(workers)]
+        for future in futures:
+            try:
+                future.result(timeout=120)
+            except Exception:  # a worker that cannot warm up will say so on its first real job
+                log.exception("de-identification worker warm-up failed")
 
     def stop(self) -> None:
         SERVICES.pop(id(self.ctx), None)

@@ -7,7 +7,8 @@ Layout under ``settings.spool_dir`` (folders 0700, files 0600, never served):
 * ``work/``       files claimed by the worker (moved back to ``incoming/`` at start-up);
 * ``held/``       raw files of instances de-identified but not yet archived (deleted once archived);
 * ``quarantine/`` raw files that could not be processed (see the quarantine API);
-* ``uploads/``    request bodies of ``/data/services/import`` while they are unpacked.
+* ``uploads/``    request bodies of ``/data/services/import`` while they are unpacked;
+* ``scripts/``    anonymization script texts by SHA-256, read by the de-identification processes.
 
 A file name carries its source: ``r<receiver pk>_...`` (DICOM receiver) or ``i<import pk>_...``. The
 rename ``tmp → incoming`` is the commit point; the directory fsync after it is group-committed so
@@ -23,7 +24,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-DIRS = ("tmp", "incoming", "work", "held", "quarantine", "uploads")
+DIRS = ("tmp", "incoming", "work", "held", "quarantine", "uploads", "scripts")
 _FILE_MODE = 0o600
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -88,6 +89,7 @@ class Spool:
         self.held = root / "held"
         self.quarantine = root / "quarantine"
         self.uploads = root / "uploads"
+        self.scripts = root / "scripts"
         self._incoming_sync = _GroupSync(self.incoming)
         self.wakeup = threading.Event()
 

@@ -35,12 +35,18 @@ class BadDicomFile(Exception):
     """The input is not a complete, well-formed DICOM Part 10 file."""
 
 
+_VR_TEXT = {vr.encode("ascii"): vr for vr in VALID_VRS}
+
+
 class _Walker:
     def __init__(self, data: bytes, pos: int, implicit: bool, little: bool) -> None:
         self.data = data
         self.pos = pos
         self.implicit = implicit
         self.end = "<" if little else ">"
+        self._tag_struct = struct.Struct(self.end + "HH")
+        self._u16 = struct.Struct(self.end + "H")
+        self._u32 = struct.Struct(self.end + "I")
 
     def need(self, n: int, what: str) -> None:
         if self.pos + n > len(self.data):
@@ -59,38 +65,85 @@ class _Walker:
         return int(v)
 
     def dataset(self, stop: int | None, in_item: bool, depth: int = 0) -> None:
-        """Walk elements until `stop` (a byte offset) or, for undefined-length items, the item end."""
+        """Walk elements until `stop` (a byte offset) or, for undefined-length items, the item end.
+
+        The loop is written out (locals, precompiled structs, no helper calls for plain elements):
+        a DICOM receiver runs it on every instance before acknowledging it."""
         if depth > 64:
             raise BadDicomFile("sequences nested too deeply")
-        while True:
-            if stop is not None and self.pos >= stop:
-                if self.pos > stop:
-                    raise BadDicomFile("element runs past the end of its item")
-                return
-            if stop is None and not in_item and self.pos == len(self.data):
-                return
-            tag = self.tag()
-            if tag == ITEM_END:
-                if not in_item or stop is not None:
-                    raise BadDicomFile("unexpected item delimiter")
-                self.u32()
-                return
-            if tag in (ITEM, SEQ_END):
-                raise BadDicomFile("unexpected item tag outside a sequence")
-            vr = self.element_header(tag)
-            length = self._length
-            if length == UNDEFINED:
-                if vr in ("SQ", "UN", None) or tag == 0x7FE00010 or vr in ("OB", "OW"):
-                    self.sequence(depth, encapsulated=vr not in ("SQ", None, "UN") or tag == 0x7FE00010)
+        data = self.data
+        size = len(data)
+        pos = self.pos
+        tag_struct = self._tag_struct
+        u16 = self._u16
+        u32 = self._u32
+        implicit = self.implicit
+        try:
+            while True:
+                if stop is not None and pos >= stop:
+                    if pos > stop:
+                        raise BadDicomFile("element runs past the end of its item")
+                    return
+                if stop is None and not in_item and pos == size:
+                    return
+                if pos + 4 > size:
+                    raise BadDicomFile(f"file is truncated (in tag at byte {pos})")
+                group, elem = tag_struct.unpack_from(data, pos)
+                tag = (group << 16) | elem
+                if group == 0xFFFE or implicit:
+                    if tag == ITEM_END:
+                        self.pos = pos + 4
+                        if not in_item or stop is not None:
+                            raise BadDicomFile("unexpected item delimiter")
+                        self.u32()
+                        pos = self.pos
+                        return
+                    if tag in (ITEM, SEQ_END):
+                        raise BadDicomFile("unexpected item tag outside a sequence")
+                    if pos + 8 > size:
+                        raise BadDicomFile(f"file is truncated (in length at byte {pos + 4})")
+                    (length,) = u32.unpack_from(data, pos + 4)
+                    pos += 8
+                    vr = None
                 else:
-                    raise BadDicomFile(f"undefined length not allowed for VR {vr}")
-                continue
-            self.need(length, f"value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
-            if vr == "SQ":
-                end = self.pos + length
-                self.sequence_items(end, depth)
-            else:
-                self.pos += length
+                    if pos + 6 > size:
+                        raise BadDicomFile(f"file is truncated (in VR at byte {pos + 4})")
+                    vr_bytes = data[pos + 4 : pos + 6]
+                    vr = _VR_TEXT.get(vr_bytes)
+                    if vr is None:
+                        raise BadDicomFile(f"unknown VR at ({group:04X},{elem:04X})")
+                    if vr in LONG_VRS:
+                        if pos + 8 > size:
+                            raise BadDicomFile(f"file is truncated (in reserved bytes at byte {pos + 6})")
+                        if pos + 12 > size:
+                            raise BadDicomFile(f"file is truncated (in length at byte {pos + 8})")
+                        (length,) = u32.unpack_from(data, pos + 8)
+                        pos += 12
+                    else:
+                        if pos + 8 > size:
+                            raise BadDicomFile(f"file is truncated (in length at byte {pos + 6})")
+                        (length,) = u16.unpack_from(data, pos + 6)
+                        pos += 8
+                if length == UNDEFINED:
+                    if vr in ("SQ", "UN", None) or tag == 0x7FE00010 or vr in ("OB", "OW"):
+                        self.pos = pos
+                        self.sequence(depth, encapsulated=vr not in ("SQ", None, "UN") or tag == 0x7FE00010)
+                        pos = self.pos
+                    else:
+                        raise BadDicomFile(f"undefined length not allowed for VR {vr}")
+                    continue
+                if pos + length > size:
+                    raise BadDicomFile(
+                        f"file is truncated (in value of ({group:04X},{elem:04X}) at byte {pos})"
+                    )
+                if vr == "SQ":
+                    self.pos = pos
+                    self.sequence_items(pos + length, depth)
+                    pos = self.pos
+                else:
+                    pos += length
+        finally:
+            self.pos = pos
 
     def element_header(self, tag: int) -> str | None:
         if self.implicit or tag >> 16 == 0xFFFE:
@@ -154,8 +207,11 @@ class _Walker:
                 self.dataset(self.pos + length, True, depth + 1)
 
 
-def check_structure(data: bytes) -> None:
-    """Raise BadDicomFile unless `data` is a complete DICOM Part 10 file."""
+def check_structure(data: bytes, body_checked: bool = False) -> None:
+    """Raise BadDicomFile unless `data` is a complete DICOM Part 10 file.
+
+    ``body_checked``: the data set after the file meta was already walked (a DICOM receiver does so
+    before acknowledging); only the preamble and file meta are checked here."""
     if len(data) < 132 or data[128:132] != b"DICM":
         raise BadDicomFile("not a DICOM Part 10 file (no 128-byte preamble and 'DICM' prefix)")
     meta = _Walker(data, 132, implicit=False, little=True)
@@ -173,16 +229,16 @@ def check_structure(data: bytes) -> None:
         meta.pos += meta._length
     if ts is None:
         raise BadDicomFile("file meta has no Transfer Syntax UID")
-    if ts in DEFLATED:
+    if ts in DEFLATED or body_checked:
         return  # compressed stream: pydicom inflates and checks it
     body = _Walker(data, meta.pos, implicit=ts == IMPLICIT_LE, little=ts != EXPLICIT_BE)
     body.dataset(None, False)
 
 
-def read_checked(path: Path) -> Dataset:
+def read_checked(path: Path, body_checked: bool = False) -> Dataset:
     """Read a DICOM file, refusing truncated, malformed or non-DICOM input with a clear reason."""
     data = path.read_bytes()
-    check_structure(data)
+    check_structure(data, body_checked)
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
