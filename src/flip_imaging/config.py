@@ -29,6 +29,8 @@ class Settings:
     #: default DICOM receiver created on first start (AE title and port); port 0 disables it
     dicom_ae_title: str = "FLIP"
     dicom_port: int = 8104
+    #: processes that de-identify received files; 0 means one per CPU (1 runs it in the worker thread)
+    deid_processes: int = 0
     container_workers: int = 2
     container_time_limit_seconds: int = 3600
     max_upload_bytes: int = 20 * 1024**3

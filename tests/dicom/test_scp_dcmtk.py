@@ -138,6 +138,23 @@ def test_whitelist_refuses_unknown_calling_ae(ctx, receiver) -> None:  # type: i
     assert "Rejected" in bad.stderr or "rejected" in bad.stderr.lower()
 
 
+def test_whitelist_entries_with_an_address(ctx, receiver) -> None:  # type: ignore[no-untyped-def]
+    """``AETITLE@address`` admits that AE title from that address only (the tests call from 127.0.0.1)."""
+    url = f"/xapi/dicomscp/{receiver.id}"
+    r = receiver.http.put(url, json={"whitelistEnabled": True, "whitelist": ["GOODSCU@127.0.0.1"]})
+    assert r.status_code == 200, r.text
+    assert echo(receiver.port, aet="GOODSCU").returncode == 0
+    assert echo(receiver.port, aet="OTHERSCU").returncode != 0
+    r = receiver.http.put(url, json={"whitelist": ["GOODSCU@192.0.2.10", "OTHERSCU"]})
+    assert r.status_code == 200, r.text
+    assert echo(receiver.port, aet="GOODSCU").returncode != 0  # right AE title, wrong address
+    assert echo(receiver.port, aet="OTHERSCU").returncode == 0  # no address: any host
+    for bad in (["@127.0.0.1"], ["GOODSCU@"], ["A" * 17]):
+        r = receiver.http.put(url, json={"whitelist": bad})
+        assert r.status_code == 400, (bad, r.text)
+    assert receiver.http.get(url).json()["whitelist"] == ["GOODSCU@192.0.2.10", "OTHERSCU"]
+
+
 def test_receivers_change_without_restart(ctx, receiver) -> None:  # type: ignore[no-untyped-def]
     http = receiver.http
     assert echo(receiver.port).returncode == 0

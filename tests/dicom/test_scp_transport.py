@@ -151,3 +151,14 @@ def test_pipeline_publishes_scripts_owner_only(ctx) -> None:  # type: ignore[no-
     assert stat.S_IMODE(pipe.spool.scripts.stat().st_mode) == 0o700
     assert pipe.script_ref("project", stored) == ref  # idempotent
 
+
+
+def test_whitelist_parsing_and_matching() -> None:
+    entries = ["PACS", "MODALITY@127.0.0.1", "NOWHERE@no-such-host.invalid", " ", "LOCAL@localhost"]
+    wl = scp.parse_whitelist(entries)
+    assert ("PACS", None) in wl and ("MODALITY", "127.0.0.1") in wl and ("LOCAL", "127.0.0.1") in wl
+    assert scp.whitelisted(wl, "PACS ", "203.0.113.5")  # AE only: any host; trailing padding ignored
+    assert scp.whitelisted(wl, "MODALITY", "::ffff:127.0.0.1")  # IPv4-mapped IPv6 peer
+    assert not scp.whitelisted(wl, "MODALITY", "203.0.113.5")
+    assert not scp.whitelisted(wl, "NOWHERE", "127.0.0.1")  # an unresolvable host admits nobody
+    assert not scp.whitelisted(wl, "STRANGER", "127.0.0.1")

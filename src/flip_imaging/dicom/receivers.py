@@ -23,7 +23,7 @@ from flip_imaging.dicom import deid_worker
 from flip_imaging.dicom.models import DicomReceiver, DicomSession
 from flip_imaging.dicom.pipeline import Pipeline, due_sessions
 from flip_imaging.dicom.routing import parse_expressions
-from flip_imaging.dicom.scp import ReceiverSpec, ScpHost
+from flip_imaging.dicom.scp import ReceiverSpec, ScpHost, parse_whitelist
 from flip_imaging.prefs import get_pref, set_pref
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,12 @@ def apply_fields(db: Session, receiver: DicomReceiver, body: dict[str, Any]) -> 
             if value is None:
                 value = []
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ReceiverError("whitelist must be a list of AE titles")
+                raise ReceiverError("whitelist must be a list of AE titles (AETITLE or AETITLE@address)")
             value = [v.strip() for v in value if v.strip()]
+            for entry in value:
+                ae, at, host = (part.strip() for part in entry.partition("@"))
+                if not ae or len(ae) > 16 or "\\" in ae or (at and not host):
+                    raise ReceiverError(f"whitelist entry {entry!r} is not AETITLE or AETITLE@address")
         elif column in _TEXT:
             value = "" if value is None else value
             if not isinstance(value, str):
@@ -143,17 +147,15 @@ def ensure_default_receiver(ctx: AppContext) -> None:
 
 
 def _spec(r: DicomReceiver, host: str) -> ReceiverSpec:
-    whitelist = None
-    if r.whitelist_enabled:
-        whitelist = tuple(sorted({w.split("@", 1)[0].strip() for w in (r.whitelist or []) if w.strip()}))
+    whitelist = parse_whitelist(list(r.whitelist or [])) if r.whitelist_enabled else None
     return ReceiverSpec(pk=r.pk, ae_title=r.ae_title, port=r.port, whitelist=whitelist, host=host)
 
 
-def deid_processes() -> int:
-    """Worker processes for de-identification: ``FLIP_IMAGING_DEID_PROCESSES``, default one per CPU."""
-    value = os.environ.get("FLIP_IMAGING_DEID_PROCESSES")
-    if value:
-        return max(1, int(value))
+def deid_processes(ctx: AppContext) -> int:
+    """Worker processes for de-identification: setting ``deid_processes``, 0 (default) one per CPU."""
+    value = int(ctx.settings.deid_processes or 0)
+    if value > 0:
+        return value
     return max(1, os.cpu_count() or 1)
 
 
@@ -175,7 +177,7 @@ class DicomService:
     def start(self) -> None:
         # the archive's own crash recovery ran in create_context(), before any service started
         self.pipeline.recover()
-        workers = deid_processes()
+        workers = deid_processes(self.ctx)
         if workers > 1:
             mp = multiprocessing.get_context("forkserver")
             mp.set_forkserver_preload(["flip_imaging.dicom.deid_worker", "flip_imaging.dicom.anonymize"])

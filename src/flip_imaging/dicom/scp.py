@@ -29,7 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from flip_imaging.dicom.spool import Spool
-from flip_imaging.dicomedit.fileio import BadDicomFile, _Walker
+from flip_imaging.dicomedit.fileio import BadDicomFile, check_dataset_structure
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,36 @@ class ReceiverSpec:
     pk: int
     ae_title: str
     port: int
-    whitelist: tuple[str, ...] | None
+    #: allowed callers when the whitelist is on: (calling AE title, peer IP address or None for any)
+    whitelist: tuple[tuple[str, str | None], ...] | None
     host: str = "127.0.0.1"
+
+
+def parse_whitelist(entries: list[str]) -> tuple[tuple[str, str | None], ...]:
+    """XNAT's whitelist entries, ``AETITLE`` (from any host) or ``AETITLE@address``. A host name is
+    resolved to its IPv4 address once, when the receiver (re)starts; one that does not resolve
+    admits nobody, rather than everybody."""
+    out: set[tuple[str, str | None]] = set()
+    for entry in entries:
+        ae, _, host = entry.strip().partition("@")
+        ae, host = ae.strip(), host.strip()
+        if not ae:
+            continue
+        address: str | None = None
+        if host:
+            try:
+                address = socket.gethostbyname(host)
+            except OSError:
+                address = f"unresolved:{host}"
+        out.add((ae, address))
+    return tuple(sorted(out, key=lambda item: (item[0], item[1] or "")))
+
+
+def whitelisted(whitelist: tuple[tuple[str, str | None], ...], calling_ae: str, address: str) -> bool:
+    calling_ae = calling_ae.strip()
+    if address.startswith("::ffff:"):
+        address = address[7:]
+    return any(ae == calling_ae and (host is None or host == address) for ae, host in whitelist)
 
 
 def check_dataset(data: Any, transfer_syntax: str, sop_class: str) -> tuple[int, str | None]:
@@ -63,9 +91,10 @@ def check_dataset(data: Any, transfer_syntax: str, sop_class: str) -> tuple[int,
     buf = bytes(data) if not isinstance(data, bytes) else data
     if transfer_syntax in DEFLATED:
         return STATUS_SUCCESS, None  # the worker inflates and checks it
-    walker = _Walker(buf, 0, implicit=transfer_syntax == IMPLICIT_LE, little=transfer_syntax != EXPLICIT_BE)
     try:
-        walker.dataset(None, False)
+        check_dataset_structure(
+            buf, implicit=transfer_syntax == IMPLICIT_LE, little=transfer_syntax != EXPLICIT_BE
+        )
     except BadDicomFile as exc:
         return STATUS_CANNOT_UNDERSTAND, str(exc)[:64]
     except (struct.error, IndexError, ValueError):
@@ -139,8 +168,6 @@ class DicomSCP:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        if self.spec.whitelist is not None:
-            ae.require_calling_aet = list(self.spec.whitelist)
         return ae
 
     def start(self) -> None:
@@ -149,6 +176,7 @@ class DicomSCP:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_REQUESTED, self._on_requested),
         ]
         self.server = ae.start_server((self.spec.host, self.spec.port), block=False, evt_handlers=handlers)
         log.info("DICOM receiver %s listening on port %d", self.spec.ae_title, self.spec.port)
@@ -175,6 +203,26 @@ class DicomSCP:
             dul._run_loop_delay = DUL_LOOP_DELAY
         if _REACTOR_PATCHABLE:
             assoc._run_reactor = types.MethodType(_association_reactor, assoc)
+
+    def _on_requested(self, event: Any) -> None:
+        """The whitelist, checked on the A-ASSOCIATE-RQ (AE title and peer address): an unknown caller
+        gets A-ASSOCIATE-RJ "calling AE title not recognised", as pynetdicom's own AE-only check does."""
+        if self.spec.whitelist is None:
+            return
+        assoc = event.assoc
+        calling = str(assoc.requestor.primitive.calling_ae_title or "")
+        address = str(getattr(assoc.requestor, "address", "") or "")
+        if whitelisted(self.spec.whitelist, calling, address):
+            return
+        log.warning(
+            "receiver %s refused an association from %s at %s: not in its whitelist",
+            self.spec.ae_title,
+            calling.strip() or "(no AE title)",
+            address,
+        )
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
     @staticmethod
     def _on_echo(event: Any) -> int:

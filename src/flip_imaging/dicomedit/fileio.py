@@ -207,6 +207,12 @@ class _Walker:
                 self.dataset(self.pos + length, True, depth + 1)
 
 
+def check_dataset_structure(data: bytes | memoryview, *, implicit: bool, little: bool) -> None:
+    """Raise BadDicomFile unless ``data`` is exactly one complete data set (no file meta): a DICOM
+    receiver checks what arrived over the network this way before acknowledging it."""
+    _Walker(data, 0, implicit=implicit, little=little).dataset(None, False)  # type: ignore[arg-type]
+
+
 def check_structure(data: bytes, body_checked: bool = False) -> None:
     """Raise BadDicomFile unless `data` is a complete DICOM Part 10 file.
 
