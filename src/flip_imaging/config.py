@@ -29,6 +29,9 @@ class Settings:
     #: default DICOM receiver created on first start (AE title and port); port 0 disables it
     dicom_ae_title: str = "FLIP"
     dicom_port: int = 8104
+    #: secret mixed into FLIP's per-subject date shift; empty: generated once into
+    #: ``<data_dir>/date-shift-secret.txt`` (owner-only). Changing it changes every later shift.
+    date_shift_secret: str = ""
     #: processes that de-identify received files; 0 means one per CPU (1 runs it in the worker thread)
     deid_processes: int = 0
     container_workers: int = 2

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from copy import deepcopy
 from pathlib import Path
 
 import pydicom
@@ -203,3 +204,47 @@ def test_crash_between_commit_and_renames_is_finished_at_restart(ctx) -> None:  
     assert len(drain(restarted)) == 1
     files = archived_files(ctx, "P1")
     assert len(files) == n and all(pydicom.dcmread(f).pixel_array.shape == (16, 16) for f in files)
+
+
+def test_dates_shift_with_the_site_secret_not_the_published_placeholder(ctx, client) -> None:  # type: ignore[no-untyped-def]
+    """The site script users can read holds a placeholder secret; the server applies its own, so a
+    subject's shift cannot be recomputed from the published script and the subject label."""
+    from flip_imaging.dicomedit import Script
+    from flip_imaging.dicomedit.scripts import PLACEHOLDER_SECRET, flip_site_script, with_site_secret
+
+    secret = "site-secret-for-this-test-0123"
+    ctx.settings.date_shift_secret = secret
+    add_project(ctx, "DS")
+    site_text = client.get("/xapi/anonymize/site", auth=ADMIN_AUTH).text
+    assert PLACEHOLDER_SECRET in site_text and secret not in site_text
+    pipe = Pipeline(ctx)
+    spool_series(pipe, SeriesSpec("CT", 1, 16, 16, 1, "CT"), "QS",
+                 PatientComments="Project: DS Subject: SUBJ7 Session: E7", StudyDate="20200115")
+    drain(pipe)
+    (f,) = archived_files(ctx, "DS")
+    archived_date = pydicom.dcmread(f).StudyDate
+    original = next(iter(make_series(SeriesSpec("CT", 1, 16, 16, 1, "CT"), PlantedPHI("QT"))))
+    original.StudyDate = "20200115"
+    variables = {"project": "DS", "subject": "SUBJ7", "session": "E7"}
+    expected, placeholder = deepcopy(original), deepcopy(original)
+    Script.parse(with_site_secret(flip_site_script(), secret)).apply(expected, variables=variables)
+    Script.parse(flip_site_script()).apply(placeholder, variables=variables)
+    assert archived_date == expected.StudyDate != "20200115"
+    assert archived_date != placeholder.StudyDate
+    published = list(pipe.spool.scripts.iterdir())
+    assert published and all(secret in p.read_text() for p in published)  # private spool only
+
+
+def test_generated_site_secret_is_private_and_stable(ctx) -> None:  # type: ignore[no-untyped-def]
+    import stat
+
+    from flip_imaging.dicom.anonymize import SECRET_FILE, site_secret
+
+    ctx.settings.date_shift_secret = ""
+    first = site_secret(ctx.settings)
+    path = ctx.settings.data_dir / SECRET_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert site_secret(ctx.settings) == first and len(first) >= 32
+    path.write_text("short\n")
+    with pytest.raises(ValueError, match="date-shift secret"):
+        site_secret(ctx.settings)

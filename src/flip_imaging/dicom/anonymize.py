@@ -8,6 +8,8 @@ XNAT records it. A new installation's site script is FLIP's de-identification sc
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from sqlalchemy.orm import Session
 
+from flip_imaging.config import Settings
 from flip_imaging.dicomedit import ApplyResult, DicomEditSyntaxError, Script
+from flip_imaging.dicomedit.scripts import with_site_secret
 from flip_imaging.prefs import get_pref, set_pref
 
 SITE_KEY = "anonymize.site"
@@ -49,6 +53,37 @@ def flip_script_text() -> str:
     from flip_imaging.dicomedit.scripts import flip_site_script
 
     return flip_site_script()
+
+
+SECRET_FILE = "date-shift-secret.txt"
+
+
+def site_secret(settings: Settings) -> str:
+    """The site's date-shift secret: the ``date_shift_secret`` setting, else the one generated on first
+    use into ``<data_dir>/date-shift-secret.txt`` (mode 0600). It is applied in place of the placeholder
+    secret of the FLIP script (:func:`~flip_imaging.dicomedit.scripts.with_site_secret`) and never
+    appears in a script text the API serves, nor in a log."""
+    if settings.date_shift_secret:
+        with_site_secret("", settings.date_shift_secret)  # validates
+        return settings.date_shift_secret
+    path = settings.data_dir / SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.{threading.get_ident()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # first writer wins; a concurrent start reads the winner's secret
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    secret = path.read_text().strip()
+    with_site_secret("", secret)  # a hand-edited file must still be a valid secret
+    return secret
 
 
 def validate(text: str) -> Script:

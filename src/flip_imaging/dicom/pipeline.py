@@ -43,6 +43,7 @@ from flip_imaging.dicom.models import (
 )
 from flip_imaging.dicom.routing import ROUTING_TAGS, UNASSIGNED, Route, RoutingRules, header_text, route
 from flip_imaging.dicom.spool import Spool
+from flip_imaging.dicomedit.scripts import with_site_secret
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class Pipeline:
         self.prearchive_root = ctx.settings.data_dir / "prearchive"
         self.prearchive_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.prearchive_root, 0o700)
+        #: replaces the FLIP script's placeholder date-shift secret whenever a script is applied
+        self.date_shift_secret = anonymize.site_secret(ctx.settings)
         #: worker processes for de-identification (attached by the DICOM service), else in-thread
         self.executor: Executor | None = None
         self.workers = 1
@@ -512,14 +515,18 @@ class Pipeline:
         return scripts
 
     def script_ref(self, which: str, stored: anonymize.StoredScript) -> ScriptRef:
-        """Publish a script's text for the worker processes (once per text) and refer to it."""
-        digest = hashlib.sha256(stored.text.encode()).hexdigest()
+        """Publish a script's text for the worker processes (once per text) and refer to it.
+
+        The text published is the one applied: the site's date-shift secret in place of the FLIP
+        script's placeholder. It stays in the private spool (owner-only, never served)."""
+        text = with_site_secret(stored.text, self.date_shift_secret)
+        digest = hashlib.sha256(text.encode()).hexdigest()
         path = self.spool.scripts / f"{digest}.das"
         if not path.exists():
             tmp = path.with_name(f".{digest}.{threading.get_ident()}.part")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(stored.text)
+                fh.write(text)
             os.replace(tmp, path)
         return ScriptRef(which, stored.script_id, digest, str(path))
 

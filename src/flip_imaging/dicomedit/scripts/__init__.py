@@ -7,6 +7,22 @@ from importlib import resources
 
 _SECRET_LINE = re.compile(r'^dateShiftSecret := "[^"\n]*"$', re.MULTILINE)
 _SECRET_OK = re.compile(r"[A-Za-z0-9_.:-]{16,128}")
+#: the date-shift secret shipped in flip_site.das; a server replaces it with its own when it applies
+#: a script (see :func:`with_site_secret`)
+PLACEHOLDER_SECRET = "flip-default-secret-change-me"
+_PLACEHOLDER_LINE = re.compile(rf'^dateShiftSecret := "{re.escape(PLACEHOLDER_SECRET)}"[ \t]*$', re.MULTILINE)
+
+
+def with_site_secret(text: str, secret: str) -> str:
+    """``text`` with each ``dateShiftSecret := "<placeholder>"`` line assigning ``secret`` instead.
+
+    A server keeps its secret out of the script text that users can read (``GET
+    /xapi/anonymize/site``) and supplies it only when applying the script. A script that assigns a
+    secret of its own, or none, is returned unchanged.
+    """
+    if not _SECRET_OK.fullmatch(secret):
+        raise ValueError("date-shift secret must be 16-128 characters of [A-Za-z0-9_.:-]")
+    return _PLACEHOLDER_LINE.sub(f'dateShiftSecret := "{secret}"', text)
 
 
 def _read(name: str) -> str:
@@ -36,4 +52,4 @@ def xnat_default_script() -> str:
     return _read("xnat_default.das")
 
 
-__all__ = ["flip_site_script", "xnat_default_script"]
+__all__ = ["PLACEHOLDER_SECRET", "flip_site_script", "with_site_secret", "xnat_default_script"]
