@@ -150,6 +150,7 @@ def run_flip(work: Path, series: Path, n: int) -> dict[str, float]:
                         "-p",
                         str(proc.pid),
                         "-s",
+                        *(["--gil"] if os.environ.get("BENCH_PYSPY_GIL") else []),
                         "-r",
                         "200",
                         "--format",

@@ -272,6 +272,8 @@ class Pipeline:
             outcomes = pending()
             with self.ctx.session() as db:
                 sessions: dict[int, DicomSession] = {}
+                ok_plans = [p for p, o in zip(plans, outcomes, strict=True) if o.ok]
+                known = self._existing_instances(db, ok_plans)
                 for plan, outcome in zip(plans, outcomes, strict=True):
                     if not outcome.ok:
                         self._quarantined(
@@ -284,7 +286,7 @@ class Pipeline:
                         assert row is not None
                         sessions[pk] = row
                     plan.session = sessions[pk]
-                    replaced_raw = self._record(db, plan, outcome)
+                    replaced_raw = self._record(db, plan, outcome, known)
                     result.sessions.add(pk)
                     result.processed += 1
                     moves.append((plan.path, self.spool.held / plan.name))
@@ -458,8 +460,25 @@ class Pipeline:
         )
         return _Plan(name, path, source, session, sop_key, series_key, deid_rel, job)
 
-    def _record(self, db: Session, plan: _Plan, outcome: DeidResult) -> str | None:
-        """Record a de-identified instance in its session; returns the raw file it replaces, if any."""
+    @staticmethod
+    def _existing_instances(db: Session, plans: list[_Plan]) -> dict[tuple[int, str], DicomInstance]:
+        """Instances already recorded for the batch's (session, SOP) keys, in one query (not one per
+        file: a batch records up to :data:`BATCH` instances)."""
+        if not plans:
+            return {}
+        rows = db.scalars(
+            select(DicomInstance).where(
+                DicomInstance.session_pk.in_({p.session.pk for p in plans}),
+                DicomInstance.sop_key.in_({p.sop_key for p in plans}),
+            )
+        )
+        return {(r.session_pk, r.sop_key): r for r in rows}
+
+    def _record(
+        self, db: Session, plan: _Plan, outcome: DeidResult, known: dict[tuple[int, str], DicomInstance]
+    ) -> str | None:
+        """Record a de-identified instance in its session; returns the raw file it replaces, if any.
+        ``known`` holds the batch's recorded instances by (session, SOP key) and is kept current."""
         v = outcome.values
         session = plan.session
         values = dict(
@@ -475,14 +494,12 @@ class Pipeline:
             sha256=outcome.sha256,
             state="PENDING",
         )
-        existing = db.scalar(
-            select(DicomInstance).where(
-                DicomInstance.session_pk == session.pk, DicomInstance.sop_key == plan.sop_key
-            )
-        )
+        existing = known.get((session.pk, plan.sop_key))
         replaced_raw = None
         if existing is None:
-            db.add(DicomInstance(session_pk=session.pk, sop_key=plan.sop_key, **values))
+            row = DicomInstance(session_pk=session.pk, sop_key=plan.sop_key, **values)
+            db.add(row)
+            known[(session.pk, plan.sop_key)] = row
             session.n_instances += 1
         else:
             replaced_raw = existing.raw_name
