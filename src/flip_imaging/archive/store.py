@@ -45,6 +45,7 @@ from flip_imaging.archive.models import (
 )
 from flip_imaging.context import AppContext
 from flip_imaging.events import bus
+from flip_imaging.fsutil import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -89,33 +90,17 @@ def file_path(archive_root: Path, resource: Resource, file: File) -> Path:
     return archive_root / resource.path / file.path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_one(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_all(paths: list[Path], threads: int = 8) -> None:
     """fsync many files at once: waiting fsyncs share the journal commits of the file system, so a
     batch costs a few commits instead of one per file."""
     if len(paths) < 2:
         for path in paths:
-            _fsync_one(path)
+            fsync_path(path)
         return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(threads, len(paths)), thread_name_prefix="fsync") as pool:
-        for _ in pool.map(_fsync_one, paths):
+        for _ in pool.map(fsync_path, paths):
             pass
 
 
@@ -131,7 +116,7 @@ def _makedirs(path: Path) -> None:
             d.mkdir()
         except FileExistsError:
             pass
-        _fsync_dir(d.parent)
+        fsync_path(d.parent)
 
 
 @dataclass
@@ -196,7 +181,7 @@ class ArchiveWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self._journal_path())
-        _fsync_dir(self.journal_dir)
+        fsync_path(self.journal_dir)
 
     def _commit(self) -> None:
         plan = self._plan
@@ -218,7 +203,7 @@ class ArchiveWriter:
                     self._write_journal()
                 os.replace(move.staged, move.final)
             for parent in {m.final.parent for m in plan.moves}:
-                _fsync_dir(parent)
+                fsync_path(parent)
             self.db.commit()
         except BaseException:
             self._abort()

@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from flip_imaging.fsutil import fsync_path
+
 DIRS = ("tmp", "incoming", "work", "held", "quarantine", "uploads", "scripts")
 _FILE_MODE = 0o600
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -52,24 +54,12 @@ class _GroupSync:
                 target = self.issued
                 self.cond.release()
                 try:
-                    fd = os.open(self.path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    fsync_path(self.path)
                 finally:
                     self.cond.acquire()
                     self.running = False
                     self.cond.notify_all()
                 self.done = max(self.done, target)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -158,5 +148,5 @@ class Spool:
         for upload in self.uploads.iterdir():
             upload.unlink(missing_ok=True)
         if n:
-            fsync_dir(self.incoming)
+            fsync_path(self.incoming)
         return n
