@@ -8,9 +8,13 @@ every 0.5 s while storescu runs and every 0.05 s after it has finished, for both
 reports CPU time per instance of each server (all its processes).
 Also reports flip-imaging's RSS (VmRSS) peak while the first 100 instances arrive vs over all 300.
 
-    .venv/bin/python bench/ingest/run.py [--instances 300] [--size 512] [--repeat 3] [--keep DIR]
+    .venv/bin/python bench/ingest/run.py [--instances 300] [--size 512] [--repeat 5] [--keep DIR]
 
-Rounds alternate Orthanc and flip-imaging; medians are reported (the machine may be shared).
+Rounds alternate Orthanc and flip-imaging; medians are reported (the machine may be shared). Orthanc's
+rate varies several-fold between rounds (see README.md): use at least 5 rounds.
+
+Profiling aids: BENCH_CPU_DETAIL=1 (CPU per process), BENCH_PYSPY=out.raw [BENCH_PYSPY_GIL=1] (py-spy
+of the server and its children), BENCH_SERVER_LOG_LEVEL=info (server log in the round's folder).
 """
 
 from __future__ import annotations
@@ -280,7 +284,7 @@ def main() -> None:
     )
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeat", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--repeat", type=int, default=5, help="alternating rounds; medians are reported")
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (default: temporary)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="flip-bench-ingest-"))
@@ -310,6 +314,10 @@ def main() -> None:
             "flip_imaging": _medians([r["flip_imaging"] for r in rounds]),
             "orthanc": _medians([r["orthanc"] for r in rounds]),
             "ratio_flip_over_orthanc": statistics.median(r["ratio_flip_over_orthanc"] for r in rounds),
+            "ratio_per_round": [round(r["ratio_flip_over_orthanc"], 2) for r in rounds],
+            "rate_per_round": {
+                side: [round(r[side]["rate"], 1) for r in rounds] for side in ("flip_imaging", "orthanc")
+            },
         }
         print(json.dumps(result, indent=2))
     finally:

@@ -162,3 +162,36 @@ def test_whitelist_parsing_and_matching() -> None:
     assert not scp.whitelisted(wl, "MODALITY", "203.0.113.5")
     assert not scp.whitelisted(wl, "NOWHERE", "127.0.0.1")  # an unresolvable host admits nobody
     assert not scp.whitelisted(wl, "STRANGER", "127.0.0.1")
+
+
+def test_deid_workers_end_when_the_server_is_gone() -> None:
+    """A killed server must not leave its de-identification processes behind (they would wait on
+    their task queue for ever). Here a stand-in process plays the server and is killed."""
+    import multiprocessing
+    import subprocess
+    from concurrent.futures import ProcessPoolExecutor
+
+    server = subprocess.Popen(["sleep", "600"])
+    pool = ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=deid_worker.init_worker,
+        initargs=(server.pid,),
+    )
+    try:
+        worker_pid = pool.submit(os.getpid).result(timeout=60)
+        os.kill(worker_pid, 0)  # alive while the "server" is
+        server.kill()
+        server.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the de-identification worker outlived the server")
+    finally:
+        server.kill()
+        pool.shutdown(wait=False, cancel_futures=True)

@@ -368,3 +368,41 @@ def test_dispatch_error_sets_event_aside_and_retries(world, recorder, monkeypatc
     assert d.run_once() == 1
     assert sorted(x.event_pk for x in _deliveries(world)) == [first, second]
     assert len(performed(world)) == 2
+
+
+def test_event_hooks_run_in_the_dispatch_transaction(world, recorder) -> None:
+    """Hooks see every dispatched event in its transaction; one that raises spoils neither the others nor
+    the subscriptions' deliveries; none run while the Event Service is disabled."""
+    from flip_imaging.events.actions import register_event_hook, unregister_event_hook
+    from flip_imaging.prefs.models import Preference
+
+    def record(db, event) -> None:  # type: ignore[no-untyped-def]
+        db.add(Preference(key=f"test.hook.{event.pk}", value={"status": event.status}))
+
+    def explode(db, event) -> None:  # type: ignore[no-untyped-def]
+        db.add(Preference(key=f"test.exploded.{event.pk}", value={}))
+        db.flush()
+        raise RuntimeError("hook exploded")
+
+    register_event_hook("test.explode", explode)
+    register_event_hook("test.record", record)
+    try:
+        _subscribe(world, scan_sub(), project_id="P1")
+        first = _publish(world)
+        res_uri = "/archive/experiments/X/scans/1/resources/DICOM"
+        resource = _publish(world, {"label": "DICOM", "uri": res_uri}, event_type="ResourceEvent",
+                            status="UPDATED")
+        assert dispatch_pending(world) == 2
+        with world.session() as db:
+            service.set_enabled(db, False)
+        third = _publish(world)
+        assert dispatch_pending(world) == 1
+        with world.session() as db:
+            keys = set(db.scalars(select(Preference.key).where(Preference.key.like("test.%"))))
+    finally:
+        unregister_event_hook("test.explode")
+        unregister_event_hook("test.record")
+    assert {f"test.hook.{first}", f"test.hook.{resource}"} <= keys
+    assert f"test.hook.{third}" not in keys  # the Event Service was off
+    assert not any(k.startswith("test.exploded.") for k in keys)  # its savepoint was rolled back
+    assert any(k.startswith(f"test.performed.{first}.") for k in keys)  # the subscription still acted

@@ -84,6 +84,10 @@ class Container(Base):
     #: the launch plan: resolved inputs, command line, mounts and output handlers (see runner.LaunchPlan)
     plan: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     outputs: Mapped[list[Any]] = mapped_column(JSON, nullable=False, default=list)
+    #: what the worker actually ran on, recorded when it linked the inputs: per input mount
+    #: ``{"resource-pk", "label", "files", "fingerprint"}`` (see ``runner.files_fingerprint``). A
+    #: conversion is current only while its DICOM resource still has this fingerprint.
+    input_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     delivery_id: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(255))

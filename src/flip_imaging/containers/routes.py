@@ -3,12 +3,13 @@
 Wire shapes follow XNAT 1.8. Our additions (documented in the module docstrings and the README):
 
 * ``GET /xapi/projects/{p}/conversion`` and ``GET /xapi/projects/{p}/experiments/{e}/conversion`` —
-  NIfTI conversion state per scan (``pending``/``running``/``done``/``failed``/``not-requested``/
-  ``not-applicable``) and ``complete`` per experiment, so training never starts on a half-converted study;
+  NIfTI conversion state per scan (``pending``/``running``/``done``/``failed``/``stale``/``not-requested``/
+  ``not-applicable``) and ``complete`` per experiment, so training never starts on a half-converted study
+  (a scan whose DICOM changed after its conversion is not ``done``);
 * ``GET|PUT /xapi/projects/{p}/dicom_to_nifti[?enabled=true|false]`` — FLIP's per-project switch (the
   "DICOM-NIfTI Conversion" subscription and the wrapper's project enablement), owner only;
 * ``POST /xapi/projects/{p}/commands/dcm2niix/convert-missing`` — queue dcm2niix for every scan with
-  DICOM and no NIfTI (e.g. after turning conversion on), members and owners.
+  DICOM and no current NIfTI (none, or converted from DICOM that changed since), members and owners.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from sqlalchemy.orm import Session
 import flip_imaging.containers.provider  # noqa: F401  (registers the action provider)
 import flip_imaging.containers.worker  # noqa: F401  (registers the worker service)
 from flip_imaging.archive.models import Experiment, Project
-from flip_imaging.auth.deps import check_project, get_db, principal, require_admin, require_user
+from flip_imaging.auth.deps import check_project, get_ctx, get_db, principal, require_admin, require_user
 from flip_imaging.auth.principal import Access, Principal, project_access
 from flip_imaging.containers import registry, service
 from flip_imaging.containers.models import Container, Wrapper
 from flip_imaging.containers.registry import CommandError, NotFound
 from flip_imaging.containers.runner import LaunchError
+from flip_imaging.db import end_read_snapshot
 
 router = APIRouter(prefix="/xapi")
 
@@ -511,32 +513,38 @@ def get_dicom_to_nifti(
 
 @router.put("/projects/{project_id}/dicom_to_nifti")
 def put_dicom_to_nifti(
-    project_id: str, enabled: str = "true", db: Session = Depends(get_db), who: Principal = Depends(principal)
+    request: Request,
+    project_id: str,
+    enabled: str = "true",
+    db: Session = Depends(get_db),
+    who: Principal = Depends(principal),
 ) -> dict[str, Any]:
     project = check_project(db, who, project_id, Access.MANAGE)
     if enabled.lower() not in ("true", "false"):
         raise HTTPException(400, detail="'enabled' must be true or false")
+    # a writing transaction of its own (SQLite: it has the write lock before it reads), so its writes never
+    # fail for a read taken earlier in the request, e.g. while the password was checked
     try:
-        service.set_dicom_to_nifti(db, project.id, enabled.lower() == "true", who.username)
+        with get_ctx(request).session() as wdb:
+            service.set_dicom_to_nifti(wdb, project.id, enabled.lower() == "true", who.username)
     except NotFound as exc:
         raise HTTPException(409, detail=str(exc)) from exc
     except ValueError as exc:  # SubscriptionError
         raise HTTPException(400, detail=str(exc)) from exc
-    db.commit()
+    end_read_snapshot(db)  # see the change just committed
     return _switch_state(db, project)
 
 
 @router.post("/projects/{project_id}/commands/dcm2niix/convert-missing")
 def convert_missing(
-    project_id: str, db: Session = Depends(get_db), who: Principal = Depends(principal)
+    request: Request, project_id: str, db: Session = Depends(get_db), who: Principal = Depends(principal)
 ) -> dict[str, Any]:
     project = check_project(db, who, project_id, Access.WRITE)
     try:
-        queued = service.convert_missing(db, project, who.username)
+        with get_ctx(request).session() as wdb:  # a writing transaction of its own, as above
+            queued = [c.id for c in service.convert_missing(wdb, wdb.merge(project), who.username)]
     except NotFound as exc:
         raise HTTPException(409, detail=str(exc)) from exc
     except LaunchError as exc:
-        db.rollback()
         raise HTTPException(exc.status, detail=str(exc)) from exc
-    db.commit()
-    return {"project": project.id, "queued": len(queued), "container-ids": [c.id for c in queued]}
+    return {"project": project.id, "queued": len(queued), "container-ids": queued}

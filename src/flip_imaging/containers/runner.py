@@ -10,12 +10,14 @@ database and the archive, can run it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 import shlex
 import shutil
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,9 +102,11 @@ def resource_object(res: Resource, uri_base: str) -> dict[str, Any]:
     }
 
 
-def scan_object(db: Session, scan: Scan) -> dict[str, Any]:
+def scan_object(db: Session, scan: Scan, resources: list[Resource] | None = None) -> dict[str, Any]:
     """The scan as XNAT's Container Service serialises it for matchers and derived inputs."""
     uri = scan_uri(scan)
+    if resources is None:
+        resources = resources_of(db, scan)
     return {
         "id": scan.scan_id,
         "label": scan.scan_id,
@@ -117,7 +121,7 @@ def scan_object(db: Session, scan: Scan) -> dict[str, Any]:
         "project-id": scan.experiment.project.id,
         "session-id": scan.experiment.id,
         "type": "Scan",
-        "resources": [resource_object(r, uri) for r in resources_of(db, scan)],
+        "resources": [resource_object(r, uri) for r in resources],
     }
 
 
@@ -190,9 +194,18 @@ def _command_input_text(inp: dict[str, Any], value: Any) -> str:
 
 
 def plan_launch(
-    db: Session, command: Command, wrapper: Wrapper, root: str, params: dict[str, Any], project_id: str | None
+    db: Session,
+    command: Command,
+    wrapper: Wrapper,
+    root: str,
+    params: dict[str, Any],
+    project_id: str | None,
+    known: Scan | None = None,
 ) -> tuple[Plan, Scan]:
-    """Resolve a launch request into a :class:`Plan` (raises :class:`LaunchError` with the reason)."""
+    """Resolve a launch request into a :class:`Plan` (raises :class:`LaunchError` with the reason).
+
+    ``known``: the scan the root URI names, when the caller has it loaded already (saves the lookup).
+    """
     cdef, wdef = command.definition, wrapper.definition
     externals = wdef.get("external-inputs") or []
     by_name = {e["name"]: e for e in externals}
@@ -205,7 +218,10 @@ def plan_launch(
     value = params.get(root)
     if not isinstance(value, str) or not value.strip():
         raise LaunchError(f"Input '{root}' is required: give the URI of the object to run on")
-    exp, scan = resolve_uri(db, value, project_id)
+    if known is not None and value == scan_uri(known):
+        exp, scan = known.experiment, known
+    else:
+        exp, scan = resolve_uri(db, value, project_id)
     if project_id is not None and exp.project.id != project_id:
         raise LaunchError(f"'{value}' is not in project {project_id}")
     contexts = wdef.get("contexts") or []
@@ -221,7 +237,8 @@ def plan_launch(
         raise LaunchError(
             f"Wrapper '{wrapper.name}' runs in contexts {contexts}, not on a scan ({scan.xsi_type})"
         )
-    sobj = scan_object(db, scan)
+    scan_resources = resources_of(db, scan)
+    sobj = scan_object(db, scan, scan_resources)
     if not _matches(root_input.get("matcher"), sobj):
         raise LaunchError(
             f"Scan {scan.scan_id} of {exp.id} does not match input '{root}' ({root_input.get('matcher')})"
@@ -252,7 +269,7 @@ def plan_launch(
                     f"Scan {scan.scan_id} of {exp.id} has no resource matching derived input "
                     f"'{der['name']}' ({der.get('matcher')})"
                 )
-            res = next(r for r in resources_of(db, scan) if str(r.xnat_id) == found[0]["id"])
+            res = next(r for r in scan_resources if str(r.xnat_id) == found[0]["id"])
             resource_pks[der["name"]] = res.pk
             objects[der["name"]] = found[0]
             wrapper_values[der["name"]] = found[0]["uri"]
@@ -360,21 +377,50 @@ def map_args(args: list[str], mount_dirs: dict[str, Path]) -> list[str]:
     return [one(a) for a in args]
 
 
-def link_resource_files(db: Session, archive_root: Path, resource: Resource, dest: Path) -> int:
-    """Hard-link (else symlink, else copy) a resource's catalogued files into ``dest``; how many.
+def files_fingerprint(files: Iterable[tuple[str, str]]) -> str:
+    """SHA-256 over a resource's sorted ``(path, sha256)`` catalog pairs.
+
+    Exact (a file added, removed or rewritten changes it) yet cheap: it reads catalog rows, never the
+    files. Comparing it with the one a conversion recorded tells whether the NIfTI is still current.
+    """
+    digest = hashlib.sha256()
+    for path, sha in sorted(files):
+        digest.update(f"{path}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class LinkedInput:
+    """The catalogued files a job linked (relative paths) and their fingerprint: what the job ran on."""
+
+    paths: list[str]
+    fingerprint: str
+
+    def snapshot(self, resource: Resource) -> dict[str, Any]:
+        return {
+            "resource-pk": resource.pk,
+            "label": resource.label,
+            "files": len(self.paths),
+            "fingerprint": self.fingerprint,
+        }
+
+
+def link_resource_files(db: Session, archive_root: Path, resource: Resource, dest: Path) -> LinkedInput:
+    """Hard-link (else symlink, else copy) a resource's catalogued files into ``dest``.
 
     Only catalogued files are linked, so a file being written into the resource by another transaction
-    (still in staging) is never seen half-written.
+    (still in staging) is never seen half-written; the links freeze the job's input, so the fingerprint
+    of the rows read here is exactly what the job converts.
     """
-    folder = archive_root / resource.path
+    folder, into = f"{archive_root / resource.path}/", f"{dest}/"
     made: set[str] = set()
-    count = 0
-    for rel in db.scalars(select(File.path).where(File.resource_pk == resource.pk).order_by(File.path)):
-        src = os.path.join(folder, rel)
-        target = os.path.join(dest, rel)
-        parent = os.path.dirname(rel)
-        if parent and parent not in made:
-            os.makedirs(os.path.join(dest, parent), exist_ok=True)
+    rows = db.execute(
+        select(File.path, File.sha256).where(File.resource_pk == resource.pk).order_by(File.path)
+    ).all()
+    for rel, _sha in rows:
+        src, target = folder + rel, into + rel  # catalogued paths are normalised relative paths
+        if "/" in rel and (parent := rel.rsplit("/", 1)[0]) not in made:
+            os.makedirs(into + parent, exist_ok=True)
             made.add(parent)
         try:
             os.link(src, target)
@@ -383,8 +429,7 @@ def link_resource_files(db: Session, archive_root: Path, resource: Resource, des
                 os.symlink(src, target)
             except OSError:
                 shutil.copyfile(src, target)
-        count += 1
-    return count
+    return LinkedInput([rel for rel, _ in rows], files_fingerprint((rel, sha) for rel, sha in rows))
 
 
 def nifti_shape(path: Path) -> tuple[int, ...]:
@@ -426,20 +471,33 @@ _ROWS_TAG = b"\x28\x00\x10\x00"  # (0028,0010) Rows
 _HEAD_BYTES = 16 * 1024
 
 
-def count_dicom_frames(folder: Path) -> tuple[int, int, bool]:
+def count_dicom_frames(folder: Path, paths: Iterable[str] | None = None) -> tuple[int, int, bool]:
     """(instances, frames, mosaic) of the DICOM image files in ``folder``, reading headers only.
 
+    ``paths`` (relative to ``folder``) are the files a job linked; without them the folder is walked.
     Runs beside the converter, so it is kept cheap: a file whose first 16 KiB name Rows but not Number
-    of Frames is a single-frame image; anything else is parsed properly with pydicom.
+    of Frames is a single-frame image (one ``read``, no Python file object); anything else is parsed
+    properly with pydicom.
     """
+    if paths is None:
+        names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    else:
+        names = sorted(paths)
     instances = frames = 0
     mosaic = False
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    base = str(folder)
+    for rel in names:
+        path = os.path.join(base, rel)
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(_HEAD_BYTES)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:
             continue
+        try:
+            head = os.read(fd, _HEAD_BYTES)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
         if head[128:132] == b"DICM" and _ROWS_TAG in head and _FRAMES_TAG not in head:
             instances += 1
             frames += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +29,13 @@ from flip_imaging.containers.registry import (
     project_enabled,
     set_project_enabled,
 )
-from flip_imaging.containers.runner import LaunchError, plan_launch, resources_of, scan_uri
+from flip_imaging.containers.runner import (
+    LaunchError,
+    files_fingerprint,
+    plan_launch,
+    resources_of,
+    scan_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +86,13 @@ def set_scan_conversion(
     container_id: int | None,
     message: str | None = None,
     warnings: list[str] | None = None,
+    dicom_files: int | None = None,
 ) -> None:
-    """Record the scan's conversion state in ``scan.extra["conversion"]`` (shown with the scan)."""
+    """Record the scan's conversion state in ``scan.extra["conversion"]`` (shown with the scan).
+
+    ``dicom_files``: how many DICOM files the conversion converted (a later change of the DICOM
+    resource makes the conversion stale, see :func:`conversion_status`).
+    """
     info: dict[str, Any] = {
         "status": status,
         "container-id": container_id,
@@ -90,6 +102,8 @@ def set_scan_conversion(
         info["message"] = message
     if warnings:
         info["warnings"] = warnings
+    if dicom_files is not None:
+        info["dicom-files"] = dicom_files
     scan.extra = {**(scan.extra or {}), "conversion": info}
 
 
@@ -108,17 +122,21 @@ def launch(
     project_id: str | None = None,
     delivery_id: int | None = None,
     authorize: Authorize | None = None,
+    reason: str | None = None,
+    scan: Scan | None = None,
 ) -> Container:
     """Queue a container for ``wrapper`` on the object named by ``params[root]``.
 
     ``authorize`` is called with the target's project before anything is queued (routes pass a
-    permission check). Raises :class:`LaunchError` (``status`` = HTTP status) with the reason.
+    permission check). ``reason`` is added to the "Created" history entry; ``scan``: the scan
+    ``params[root]`` names, if the caller has it loaded. Raises :class:`LaunchError` (``status`` = HTTP
+    status) with the reason.
     """
     command = db.get(Command, wrapper.command_id)
     if command is None:
         raise LaunchError(f"Wrapper {wrapper.id} belongs to no command", 404)
     params = {k: v for k, v in params.items() if v is not None}
-    plan, scan = plan_launch(db, command, wrapper, root, params, project_id)
+    plan, scan = plan_launch(db, command, wrapper, root, params, project_id, scan)
     project = scan.experiment.project
     if authorize is not None:
         authorize(project)
@@ -154,9 +172,19 @@ def launch(
         db,
         container,
         "Created",
-        f"Launched by {user}" + (f" (event delivery {delivery_id})" if delivery_id else ""),
+        f"Launched by {user}"
+        + (f" (event delivery {delivery_id})" if delivery_id else "")
+        + (f": {reason}" if reason else ""),
     )
-    add_history(db, container, "Queued", "Waiting for a worker")
+    running = conversion_running(db, scan.pk) if plan.conversion else None
+    add_history(
+        db,
+        container,
+        "Queued",
+        f"Waiting for container {running} (converting this scan) to finish"
+        if running is not None
+        else "Waiting for a worker",
+    )
     if plan.conversion:
         set_scan_conversion(scan, "pending", container.id)
     db.flush()
@@ -281,8 +309,14 @@ def _finish_side_effects(
     if c.conversion and c.scan_pk is not None:
         scan = db.get(Scan, c.scan_pk)
         if scan is not None:
+            dicom = _dicom_snapshot(c)
             set_scan_conversion(
-                scan, "done" if success else "failed", c.id, None if success else message, warnings
+                scan,
+                "done" if success else "failed",
+                c.id,
+                None if success else message,
+                warnings,
+                dicom_files=dicom.get("files") if success and dicom else None,
             )
     if c.delivery_id is not None:
         try:
@@ -295,20 +329,113 @@ def _finish_side_effects(
 
 # -- conversion state --------------------------------------------------------------------------------
 
+DICOM = "DICOM"
 
-def _resource_file_counts(db: Session, scan_pks: list[int]) -> dict[tuple[int, str], int]:
-    if not scan_pks:
-        return {}
-    rows = db.execute(
-        select(Resource.scan_pk, Resource.label, File.pk)
-        .outerjoin(File, File.resource_pk == Resource.pk)
-        .where(Resource.scan_pk.in_(scan_pks))
-    ).all()
-    counts: dict[tuple[int, str], int] = {}
-    for scan_pk, label, file_pk in rows:
-        key = (scan_pk, label)
-        counts[key] = counts.get(key, 0) + (1 if file_pk is not None else 0)
-    return counts
+
+def conversion_running(db: Session, scan_pk: int) -> int | None:
+    """The id of a conversion of the scan that a worker is running now, if any."""
+    return db.scalar(
+        select(Container.id)
+        .where(
+            Container.scan_pk == scan_pk,
+            Container.conversion.is_(True),
+            Container.status.in_(("Running", "Finalizing")),
+        )
+        .limit(1)
+    )
+
+
+def lock_scan(db: Session, scan_pk: int) -> None:
+    """Serialise decisions about one scan's conversions (a row lock on PostgreSQL; SQLite has one writer)."""
+    db.execute(select(Scan.pk).where(Scan.pk == scan_pk).with_for_update())
+
+
+@dataclass
+class DicomNow:
+    """A scan's DICOM resource as catalogued now: what a current conversion must have converted."""
+
+    resource_pk: int
+    files: int
+    fingerprint: str
+    newest: datetime | None
+
+
+@dataclass
+class ScanFiles:
+    """File counts per resource label of some scans, and their DICOM resources' fingerprints."""
+
+    counts: dict[tuple[int, str], int] = field(default_factory=dict)
+    dicom: dict[int, DicomNow] = field(default_factory=dict)
+
+
+def scan_files(db: Session, scan_pks: list[int]) -> ScanFiles:
+    """One look at the catalog for :func:`conversion_status` and :func:`convert_missing`."""
+    out = ScanFiles()
+    pairs: dict[int, list[tuple[str, str]]] = {}
+    newest: dict[int, datetime] = {}
+    for i in range(0, len(scan_pks), 500):
+        rows = db.execute(
+            select(Resource.scan_pk, Resource.pk, Resource.label, File.path, File.sha256, File.created_at)
+            .outerjoin(File, File.resource_pk == Resource.pk)
+            .where(Resource.scan_pk.in_(scan_pks[i : i + 500]))
+            .order_by(Resource.pk)
+        ).all()
+        for scan_pk, res_pk, label, path, sha, created in rows:
+            key = (scan_pk, label)
+            out.counts[key] = out.counts.get(key, 0) + (1 if path is not None else 0)
+            if label != DICOM:
+                continue
+            pairs.setdefault(res_pk, [])
+            if path is not None:
+                pairs[res_pk].append((path, sha))
+                if created is not None and (res_pk not in newest or _aware(created) > newest[res_pk]):
+                    newest[res_pk] = _aware(created)
+            out.dicom.setdefault(scan_pk, DicomNow(res_pk, 0, "", None))
+    for now in out.dicom.values():
+        files = pairs.get(now.resource_pk, [])
+        now.files, now.fingerprint = len(files), files_fingerprint(files)
+        now.newest = newest.get(now.resource_pk)
+    return out
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _dicom_snapshot(c: Container) -> dict[str, Any] | None:
+    """What a conversion recorded of the DICOM resource it converted (None before it ran, or if old)."""
+    for entry in (c.input_snapshot or {}).values():
+        if isinstance(entry, dict) and entry.get("label") == DICOM:
+            return entry
+    return None
+
+
+def is_stale(c: Container, now: DicomNow | None) -> bool:
+    """Whether the scan's DICOM changed since conversion ``c`` linked its input.
+
+    Exact for conversions that recorded a snapshot (the DICOM resource and the fingerprint of its
+    catalogued files); for older ones, any DICOM file catalogued after the container was created counts
+    as a change, which errs on the side of converting again.
+    """
+    if now is None:
+        return False
+    snap = _dicom_snapshot(c)
+    if snap is not None:
+        return snap.get("resource-pk") != now.resource_pk or snap.get("fingerprint") != now.fingerprint
+    return now.newest is not None and now.newest > _aware(c.created_at)
+
+
+def latest_conversions(db: Session, scan_pks: list[int]) -> dict[int, Container]:
+    """Each scan's newest conversion container (by id)."""
+    latest: dict[int, Container] = {}
+    for i in range(0, len(scan_pks), 500):
+        for c in db.scalars(
+            select(Container)
+            .where(Container.scan_pk.in_(scan_pks[i : i + 500]), Container.conversion.is_(True))
+            .order_by(Container.id)
+        ):
+            latest[c.scan_pk] = c  # type: ignore[index]
+    return latest
 
 
 def conversion_expected(db: Session, project_id: str) -> bool:
@@ -317,35 +444,31 @@ def conversion_expected(db: Session, project_id: str) -> bool:
     return bool(sub is not None and sub.active)
 
 
-SUMMARY_ORDER = ("failed", "running", "pending", "not-requested", "done")
+SUMMARY_ORDER = ("failed", "stale", "running", "pending", "not-requested", "done")
 
 
 def conversion_status(db: Session, experiment: Experiment, *, expected: bool | None = None) -> dict[str, Any]:
     """Per-scan NIfTI conversion state of an experiment and an overall verdict.
 
-    A scan with DICOM is ``done`` (a NIFTI resource with files and no newer conversion under way),
-    ``pending`` (queued, or not yet picked up while the project converts automatically), ``running``,
-    ``failed`` (the latest conversion failed or was killed; its message is given) or ``not-requested``
-    (automatic conversion is off and nobody launched one). Scans without DICOM are ``not-applicable``.
-    The experiment's ``status`` is the worst of its scans, and ``complete`` is true only when every scan
-    with DICOM is done: training must wait for that.
+    A scan with DICOM is ``done`` (a NIFTI resource with files, converted from exactly the DICOM files
+    the scan has now, and no newer conversion under way), ``pending`` (queued, or not yet picked up while
+    the project converts automatically, including a re-conversion after its DICOM changed), ``running``,
+    ``failed`` (the latest conversion failed or was killed; its message is given), ``stale`` (its DICOM
+    changed after the conversion, automatic conversion is off and no re-conversion is queued) or
+    ``not-requested`` (automatic conversion is off and nobody launched one). Scans without DICOM are
+    ``not-applicable``. The experiment's ``status`` is the worst of its scans, and ``complete`` is true
+    only when every scan with DICOM is done: training must wait for that.
     """
     if expected is None:
         expected = conversion_expected(db, experiment.project.id)
     scans = list(db.scalars(select(Scan).where(Scan.experiment_pk == experiment.pk).order_by(Scan.pk)))
-    counts = _resource_file_counts(db, [s.pk for s in scans])
-    latest: dict[int, Container] = {}
-    if scans:
-        for c in db.scalars(
-            select(Container)
-            .where(Container.scan_pk.in_([s.pk for s in scans]), Container.conversion.is_(True))
-            .order_by(Container.id)
-        ):
-            latest[c.scan_pk] = c  # type: ignore[index]
+    found = scan_files(db, [s.pk for s in scans])
+    latest = latest_conversions(db, [s.pk for s in scans])
     rows = []
     for scan in scans:
-        has_dicom = counts.get((scan.pk, "DICOM"), 0) > 0
-        nifti_files = counts.get((scan.pk, "NIFTI"), 0)
+        now = found.dicom.get(scan.pk)
+        has_dicom = now is not None and now.files > 0
+        nifti_files = found.counts.get((scan.pk, "NIFTI"), 0)
         c = latest.get(scan.pk)
         message = None
         if c is not None and c.status in ("Running", "Finalizing"):
@@ -354,6 +477,12 @@ def conversion_status(db: Session, experiment: Experiment, *, expected: bool | N
             status = "pending"
         elif nifti_files > 0 and (c is None or c.status == "Complete"):
             status = "done"
+            if c is not None and has_dicom and is_stale(c, now):
+                status = "pending" if expected else "stale"
+                converted = (_dicom_snapshot(c) or {}).get("files")
+                counts = f" ({converted} file(s) converted, {now.files} now)" if converted is not None else ""
+                then = "it will be converted again" if expected else "convert it again (convert-missing)"
+                message = f"The DICOM changed after conversion {c.id}{counts}; {then}"
         elif c is not None and c.status in ("Failed", "Killed"):
             status = "failed"
             message = next((h.message for h in reversed(history_of(db, c)) if h.status == c.status), None)
@@ -368,9 +497,13 @@ def conversion_status(db: Session, experiment: Experiment, *, expected: bool | N
             "xsiType": scan.xsi_type,
             "status": status,
             "dicom": has_dicom,
+            "dicom-files": now.files if now is not None else 0,
             "nifti-files": nifti_files,
             "container-id": c.id if c is not None else None,
         }
+        converted_files = (_dicom_snapshot(c) or {}).get("files") if c is not None else None
+        if converted_files is not None:
+            row["converted-dicom-files"] = converted_files
         if message:
             row["message"] = message
         warnings = ((scan.extra or {}).get("conversion") or {}).get("warnings")
@@ -469,9 +602,10 @@ def set_dicom_to_nifti(db: Session, project_id: str, enabled: bool, owner: str) 
 
 
 def convert_missing(db: Session, project: Project, user: str) -> list[Container]:
-    """Queue dcm2niix for every scan of the project with DICOM files and no NIfTI files.
+    """Queue dcm2niix for every scan of the project with DICOM files and no current NIfTI.
 
-    Scans whose conversion is already queued or running are left alone; failed ones are tried again.
+    That is: no NIfTI files, or NIfTI converted from DICOM that has changed since (``stale``). Scans
+    whose conversion is already queued or running are left alone; failed ones are tried again.
     """
     wrapper = dcm2niix_wrapper(db)
     scans = list(
@@ -482,20 +616,114 @@ def convert_missing(db: Session, project: Project, user: str) -> list[Container]
             .order_by(Scan.pk)
         )
     )
-    counts = _resource_file_counts(db, [s.pk for s in scans])
-    busy = set(
-        db.scalars(
-            select(Container.scan_pk).where(
-                Container.conversion.is_(True), Container.status.in_(ACTIVE_STATUSES)
-            )
-        )
-    )
+    found = scan_files(db, [s.pk for s in scans])
+    latest = latest_conversions(db, [s.pk for s in scans])
     queued = []
     for scan in scans:
-        if counts.get((scan.pk, "DICOM"), 0) == 0 or counts.get((scan.pk, "NIFTI"), 0) > 0 or scan.pk in busy:
+        now = found.dicom.get(scan.pk)
+        if now is None or now.files == 0:
             continue
-        queued.append(launch(db, wrapper, "scan", {"scan": scan_uri(scan)}, user=user, project_id=project.id))
+        c = latest.get(scan.pk)
+        if c is not None and c.status in ACTIVE_STATUSES:
+            continue
+        has_nifti = found.counts.get((scan.pk, "NIFTI"), 0) > 0
+        stale = c is not None and c.status == "Complete" and is_stale(c, now)
+        if has_nifti and not stale:
+            continue
+        reason = "its DICOM changed after the last conversion" if has_nifti else None
+        params = {"scan": scan_uri(scan)}
+        queued.append(
+            launch(db, wrapper, "scan", params, user=user, project_id=project.id, reason=reason, scan=scan)
+        )
     return queued
+
+
+# -- re-conversion when a scan's DICOM changes -------------------------------------------------------
+
+
+@dataclass
+class Reconversion:
+    """What :func:`queue_reconversion` did: ``container`` is the one that will convert the new files."""
+
+    container: Container | None
+    queued: bool  # a new container was queued (False: an already queued one will do, or nothing)
+    message: str
+
+
+def _relaunch(
+    db: Session, scan: Scan, previous: Container | None, sub: Any
+) -> tuple[Wrapper, str, dict[str, Any]]:
+    """Wrapper, root input and parameters to convert ``scan`` again: as last time (same options), else
+    as the project's subscription does."""
+    wrapper = None
+    if previous is not None and previous.wrapper_id is not None:
+        wrapper = db.get(Wrapper, previous.wrapper_id)
+    if wrapper is not None and previous is not None:
+        command = db.get(Command, wrapper.command_id)
+        names = {i["name"] for i in (command.definition.get("inputs") or [])} if command else set()
+        names |= {e["name"] for e in wrapper.definition.get("external-inputs") or []}
+        root = previous.root_input
+        given = (previous.plan or {}).get("inputs") or {}
+        params = {k: v for k, v in given.items() if k in names and k != root and v is not None}
+        params[root] = scan_uri(scan)
+        return wrapper, root, params
+    if sub is not None:
+        wrapper = wrapper_for_action(db, sub.action_key.partition(":")[2])
+        params = dict(sub.attributes or {})
+    else:
+        wrapper, params = dcm2niix_wrapper(db), {}
+    externals = wrapper.definition.get("external-inputs") or []
+    root = next((e["name"] for e in externals if e.get("type") == "Scan"), "scan")
+    params[root] = scan_uri(scan)
+    return wrapper, root, params
+
+
+def queue_reconversion(
+    db: Session, scan: Scan, *, reason: str, delivery_id: int | None = None, automatic: bool | None = None
+) -> Reconversion:
+    """After ``scan``'s DICOM changed, make sure a conversion will convert the new files.
+
+    Only for scans that are converted: the project converts automatically (``automatic``; looked up when
+    None) or the scan has been converted (or tried) before. At most one conversion waits per scan: if
+    one is queued and not started, it links the files when it starts and so converts the new ones too;
+    nothing is added. If one is running, a new one is queued; workers start it when the running one has
+    ended (see ``worker.claim_next``). Runs in the caller's transaction (the event dispatcher's), so the
+    queued container is as durable as the event that caused it. Raises :class:`LaunchError`.
+    """
+    lock_scan(db, scan.pk)
+    conversions = list(
+        db.scalars(
+            select(Container)
+            .where(Container.scan_pk == scan.pk, Container.conversion.is_(True))
+            .order_by(Container.id)
+        )
+    )
+    waiting = next((c for c in reversed(conversions) if c.status == "Queued"), None)
+    if waiting is not None:
+        add_history(db, waiting, "Input updated", f"{reason}; this queued conversion will convert them")
+        message = f"Conversion already queued as container {waiting.id}; it will convert the new files"
+        return Reconversion(waiting, False, message)
+    project_id = scan.experiment.project.id
+    sub = _find_subscription(db, project_id)
+    if automatic is None:
+        automatic = bool(sub is not None and sub.active)
+    previous = conversions[-1] if conversions else None
+    if previous is None and not automatic:
+        return Reconversion(None, False, "The scan has never been converted and conversion is off")
+    wrapper, root, params = _relaunch(db, scan, previous, sub if automatic else None)
+    user = sub.owner if automatic and sub is not None else previous.user if previous is not None else "admin"
+    container = launch(
+        db,
+        wrapper,
+        root,
+        params,
+        user=user,
+        project_id=project_id,
+        delivery_id=delivery_id,
+        reason=reason,
+        scan=scan,
+    )
+    return Reconversion(container, True, f"Re-conversion queued as container {container.id}")
 
 
 def wrapper_for_action(db: Session, suffix: str) -> Wrapper:

@@ -2,7 +2,8 @@
 
 Any number of worker processes, on any machines sharing the database and the archive, can serve one
 queue. A worker claims a ``Queued`` row with a guarded UPDATE (on PostgreSQL the candidate is picked
-``FOR UPDATE SKIP LOCKED``) and holds a lease it renews while the process runs. A row whose lease has
+``FOR NO KEY UPDATE SKIP LOCKED``) and holds a lease it renews while the process runs; a scan's
+conversions run one at a time, in the order they were queued. A row whose lease has
 expired, or whose owner was a process on this machine that no longer exists, is re-queued (its history
 says so) and run again; outputs are attached and the container marked ``Complete`` in one archive
 transaction guarded by the lease, so a job is attached at most once even when a presumed-dead worker
@@ -23,14 +24,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from flip_imaging.archive.models import File, Resource, Scan, utcnow
 from flip_imaging.containers.models import Container
 from flip_imaging.containers.runner import (
+    LinkedInput,
     check_nifti_slices,
     count_dicom_frames,
     find_executable,
@@ -38,8 +40,18 @@ from flip_imaging.containers.runner import (
     map_args,
     output_files,
 )
-from flip_imaging.containers.service import _finish_side_effects, add_history, jobs_available
+from flip_imaging.containers.service import (
+    _finish_side_effects,
+    add_history,
+    conversion_running,
+    jobs_available,
+    lock_scan,
+    set_scan_conversion,
+)
 from flip_imaging.context import AppContext, register_service
+
+if TYPE_CHECKING:
+    from flip_imaging.archive.store import ArchiveWriter
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +140,8 @@ def requeue_stale(db: Session, *, max_attempts: int = MAX_ATTEMPTS) -> list[int]
         )
         if res.rowcount != 1:
             continue
-        c = db.get(Container, cid)
+        c = db.get(Container, cid, populate_existing=True)
         assert c is not None
-        db.refresh(c)
         reason = f"worker {owner} stopped (lease expired or process gone)"
         if final:
             add_history(db, c, "Failed", f"{reason}; giving up after {attempts} attempts")
@@ -138,23 +149,43 @@ def requeue_stale(db: Session, *, max_attempts: int = MAX_ATTEMPTS) -> list[int]
         else:
             add_history(db, c, "Requeued", f"{reason}; queued again (attempt {attempts} interrupted)")
             if c.conversion and c.scan_pk is not None and (scan := db.get(Scan, c.scan_pk)) is not None:
-                from flip_imaging.containers.service import set_scan_conversion
-
                 set_scan_conversion(scan, "pending", c.id)
         requeued.append(cid)
     return requeued
 
 
+#: the oldest queued container that may start now: a scan's conversions run one at a time, in order, so a
+#: re-conversion queued while an older one runs waits for it (else the older could attach last)
+_CANDIDATE = (
+    "SELECT c.id, c.scan_pk, c.conversion FROM containers c WHERE c.status = 'Queued'{exclude}"
+    " AND NOT (c.conversion = :t AND EXISTS (SELECT 1 FROM containers r WHERE r.scan_pk = c.scan_pk"
+    " AND r.conversion = :t AND r.status IN ('Running', 'Finalizing')))"
+    " ORDER BY c.id LIMIT 1{lock}"
+)
+
+
 def claim_next(db: Session, worker_id: str, lease_seconds: float) -> int | None:
-    """Take the oldest queued container for ``worker_id`` (in ``db``'s transaction); its id or None."""
+    """Take the oldest queued container for ``worker_id`` (in ``db``'s transaction); its id or None.
+
+    A conversion whose scan already has one running is left queued until that one ends.
+    """
     pg = db.get_bind().dialect.name == "postgresql"
+    # NO KEY UPDATE: a transaction adding history to a queued row (a foreign key check) is not blocked
+    lock = " FOR NO KEY UPDATE OF c SKIP LOCKED" if pg else ""
+    passed: list[int] = []
     for _ in range(5):
-        lock = " FOR UPDATE SKIP LOCKED" if pg else ""
-        cid = db.execute(
-            text(f"SELECT id FROM containers WHERE status = 'Queued' ORDER BY id LIMIT 1{lock}")
-        ).scalar()
-        if cid is None:
+        exclude = f" AND c.id NOT IN ({','.join(str(int(p)) for p in passed)})" if passed else ""
+        row = db.execute(text(_CANDIDATE.format(exclude=exclude, lock=lock)), {"t": True}).first()
+        if row is None:
             return None
+        cid, scan_pk, conversion = row
+        if pg and conversion and scan_pk is not None:
+            # two workers may each have picked a conversion of the same scan: the scan's lock orders them
+            # and the second sees the first running (SQLite runs one writer at a time: nothing to order)
+            lock_scan(db, scan_pk)
+            if conversion_running(db, scan_pk) is not None:
+                passed.append(cid)
+                continue
         now = utcnow()
         res = db.execute(
             update(Container)
@@ -170,15 +201,16 @@ def claim_next(db: Session, worker_id: str, lease_seconds: float) -> int | None:
             .execution_options(synchronize_session=False)
         )
         if res.rowcount == 1:
-            c = db.get(Container, cid)
+            # the UPDATE above bypassed the session: load the row as it is now (one query)
+            c = db.get(Container, cid, populate_existing=True)
             assert c is not None
-            db.refresh(c)
             add_history(db, c, "Running", f"Started by worker {worker_id} (attempt {c.attempts})")
-            if c.conversion and c.scan_pk is not None and (scan := db.get(Scan, c.scan_pk)) is not None:
-                from flip_imaging.containers.service import set_scan_conversion
-
+            # only the scan's own row is needed (not its eagerly joined session, subject and project)
+            plain = [lazyload("*")]
+            if c.conversion and c.scan_pk is not None and (scan := db.get(Scan, c.scan_pk, options=plain)):
                 set_scan_conversion(scan, "running", c.id)
             return int(cid)
+        passed.append(cid)
     return None
 
 
@@ -240,6 +272,8 @@ class _Outcome:
     files: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)  # label -> [(relpath, path)]
     formats: dict[str, str | None] = field(default_factory=dict)
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    #: per input mount, the catalogued files the job ran on (``Container.input_snapshot``)
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 class ContainerWorkers:
@@ -264,6 +298,9 @@ class ContainerWorkers:
         self._threads: list[threading.Thread] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        #: held by the one idle thread of this pool that waits for work and claims it
+        self._claiming = threading.Lock()
+        self._last_reap = 0.0
         self.scratch = ctx.settings.scratch_dir / "containers"
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -301,48 +338,78 @@ class ContainerWorkers:
                 add_history(db, c, "Requeued", f"worker {self.worker_id} stopped; queued again")
 
     def _loop(self) -> None:
-        last_reap = 0.0
         while not self._stop.is_set():
-            jobs_available.clear()
-            try:
-                # look with a reading session first: on SQLite a writing one takes the database's lock
-                if time.monotonic() - last_reap > max(1.0, self.lease_seconds / 3):
-                    with self.ctx.sessions() as db:
-                        stale = bool(stale_containers(db))
-                    if stale:
-                        with self.ctx.session() as db:
-                            requeue_stale(db)
-                    last_reap = time.monotonic()
-                with self.ctx.sessions() as db:
-                    waiting = has_queued(db)
-                cid = None
-                if waiting:
-                    with self.ctx.session() as db:
-                        cid = claim_next(db, self.worker_id, self.lease_seconds)
-            except Exception:
-                log.exception("container worker could not claim a job")
-                self._stop.wait(self.poll_seconds)
-                continue
-            if cid is None:
-                jobs_available.wait(self.poll_seconds)
+            # one idle thread of the pool at a time waits for work and claims it, so a new job wakes one
+            # thread, not all of them racing for it (on SQLite each would take the write lock for nothing)
+            if not self._claiming.acquire(timeout=self.poll_seconds):
                 continue
             try:
-                self.run(cid)
+                got = self._wait_and_claim()
+            finally:
+                self._claiming.release()
+            if got is None:
+                continue
+            cid, claimed = got
+            try:
+                self.run(cid, claimed)
             except LeaseLost:
                 log.warning("container %s: lease lost, another worker owns it now", cid)
             except Exception:
                 log.exception("container %s: worker error", cid)
                 self._fail_safely(cid, "internal error in the container worker (see the server log)")
 
+    def _wait_and_claim(self) -> tuple[int, tuple[dict[str, Any], int]] | None:
+        """Wait for a queued job and claim it: (id, (plan, attempts)); None when the pool stops."""
+        while not self._stop.is_set():
+            # woken by a commit that queued a job in this process, else polling for other processes'
+            jobs_available.wait(self.poll_seconds)
+            jobs_available.clear()
+            if self._stop.is_set():
+                return None
+            try:
+                # look with a reading session first: on SQLite a writing one takes the database's lock
+                if time.monotonic() - self._last_reap > max(1.0, self.lease_seconds / 3):
+                    with self.ctx.sessions() as db:
+                        stale = bool(stale_containers(db))
+                    if stale:
+                        with self.ctx.session() as db:
+                            requeue_stale(db)
+                    self._last_reap = time.monotonic()
+                with self.ctx.sessions() as db:
+                    waiting = has_queued(db)
+                if not waiting:
+                    continue
+                with self.ctx.session() as db:
+                    cid = claim_next(db, self.worker_id, self.lease_seconds)
+                    if cid is None:
+                        continue
+                    c = db.get(Container, cid)  # loaded by the claim: no query
+                    assert c is not None
+                    claimed = (dict(c.plan), c.attempts)
+                    more = has_queued(db)
+            except Exception:
+                log.exception("container worker could not claim a job")
+                self._stop.wait(self.poll_seconds)
+                continue
+            if more:
+                jobs_available.set()  # the next idle thread takes the next one
+            return cid, claimed
+        return None
+
     # -- one job ------------------------------------------------------------------------------------
-    def run(self, cid: int) -> None:
-        with self.ctx.sessions() as db:
-            c = db.get(Container, cid)
-            assert c is not None
-            plan, attempt = dict(c.plan), c.attempts
+    def run(self, cid: int, claimed: tuple[dict[str, Any], int] | None = None) -> None:
+        """Run container ``cid``, claimed by this pool; ``claimed`` = its (plan, attempts) if known."""
+        if claimed is None:
+            with self.ctx.sessions() as db:
+                c = db.get(Container, cid)
+                assert c is not None
+                claimed = (dict(c.plan), c.attempts)
+        plan, attempt = claimed
         job_dir = self.scratch / f"{cid}-{attempt}"
+        inputs: dict[str, Any] = {}
         try:
-            outcome = self._execute(db_plan=plan, cid=cid, job_dir=job_dir)
+            outcome = self._execute(db_plan=plan, cid=cid, job_dir=job_dir, inputs=inputs)
+            outcome.inputs = inputs
             if outcome.status == "Complete":
                 try:
                     self._attach(cid, plan, outcome)
@@ -357,11 +424,15 @@ class ContainerWorkers:
         finally:
             shutil.rmtree(job_dir, ignore_errors=True)
 
-    def _execute(self, *, db_plan: dict[str, Any], cid: int, job_dir: Path) -> _Outcome:
+    def _execute(
+        self, *, db_plan: dict[str, Any], cid: int, job_dir: Path, inputs: dict[str, Any]
+    ) -> _Outcome:
+        """Link the inputs (recording them in ``inputs``), run the process, collect and check outputs."""
         shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir(parents=True)
         mount_dirs: dict[str, Path] = {}
         input_dir: Path | None = None
+        linked: LinkedInput | None = None
         for m in db_plan.get("mounts") or []:
             local = job_dir / "mounts" / f"m{len(mount_dirs)}"
             local.mkdir(parents=True)
@@ -371,8 +442,9 @@ class ContainerWorkers:
                     res = db.get(Resource, m["resource-pk"])
                     if res is None:
                         return _Outcome("Failed", f"Input resource for mount '{m['name']}' no longer exists")
-                    n = link_resource_files(db, self.ctx.archive_root, res, local)
-                if n == 0:
+                    linked = link_resource_files(db, self.ctx.archive_root, res, local)
+                    inputs[m["name"]] = linked.snapshot(res)
+                if not linked.paths:
                     return _Outcome(
                         "Failed", f"Input resource {res.label} for mount '{m['name']}' has no files"
                     )
@@ -382,15 +454,6 @@ class ContainerWorkers:
         if exe is None:
             return _Outcome("Failed", f"Executable '{args[0]}' is not installed on worker {self.worker_id}")
         args[0] = exe
-        frames: dict[str, Any] = {}
-        counter = None
-        if db_plan.get("conversion") and input_dir is not None:
-            # count the series' frames while the converter runs (reads headers only)
-            def _count() -> None:
-                frames["value"] = count_dicom_frames(input_dir)  # type: ignore[arg-type]
-
-            counter = threading.Thread(target=_count, daemon=True)
-            counter.start()
         out_path, err_path = job_dir / "stdout.log", job_dir / "stderr.log"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -412,6 +475,16 @@ class ContainerWorkers:
             )
             with self._lock:
                 self._procs[cid] = proc
+            frames: dict[str, Any] = {}
+            counter = None
+            if db_plan.get("conversion") and input_dir is not None and linked is not None:
+                # count the series' frames (headers only) while the converter runs; started only once
+                # the process is launched, so this thread's hold on the GIL never delays the launch
+                def _count(where: Path, paths: list[str]) -> None:
+                    frames["value"] = count_dicom_frames(where, paths)
+
+                counter = threading.Thread(target=_count, args=(input_dir, linked.paths), daemon=True)
+                counter.start()
             try:
                 ended = self._supervise(cid, proc, started, limit)
             finally:
@@ -520,19 +593,18 @@ class ContainerWorkers:
             )
             if res.rowcount != 1:
                 raise LeaseLost(f"container {cid}")
-            c = db.get(Container, cid)
+            # the UPDATE above bypassed the session: load the row as it is now (one query)
+            c = db.get(Container, cid, populate_existing=True)
             assert c is not None
-            db.refresh(c)
             scan = db.get(Scan, plan["scan-pk"])
             if scan is None:
                 raise RuntimeError("the scan was deleted while the container ran")
             outputs = []
             for label, files in outcome.files.items():
-                resource, _created = w.ensure_resource(scan, label, format=outcome.formats.get(label))
+                resource, created = w.ensure_resource(scan, label, format=outcome.formats.get(label))
                 new = {rel for rel, _ in files}
-                for old in db.scalars(select(File).where(File.resource_pk == resource.pk)):
-                    if old.path not in new:
-                        w.delete_file(old)
+                if not created and db.scalar(select(File.pk).where(File.resource_pk == resource.pk).limit(1)):
+                    resource = _replace_resource(w, scan, resource)
                 for rel, path in files:
                     w.add_file(resource, rel, path, overwrite=True, move=same_fs)
                 outputs.append(
@@ -548,6 +620,7 @@ class ContainerWorkers:
             c.status, c.status_time, c.exit_code = "Complete", now, outcome.exit_code
             c.lease_owner, c.lease_expires = None, None
             c.stdout, c.stderr, c.outputs = outcome.stdout, outcome.stderr, outputs
+            c.input_snapshot = outcome.inputs or None
             msg = outcome.message + (f" with {len(outcome.warnings)} warning(s)" if outcome.warnings else "")
             add_history(db, c, "Complete", msg, outcome.exit_code)
             _finish_side_effects(
@@ -571,14 +644,15 @@ class ContainerWorkers:
                     exit_code=outcome.exit_code,
                     stdout=outcome.stdout,
                     stderr=outcome.stderr,
+                    input_snapshot=outcome.inputs or None,
                 )
                 .execution_options(synchronize_session=False)
             )
             if res.rowcount != 1:
                 raise LeaseLost(f"container {cid}")
-            c = db.get(Container, cid)
+            # the UPDATE above bypassed the session: load the row as it is now (one query)
+            c = db.get(Container, cid, populate_existing=True)
             assert c is not None
-            db.refresh(c)
             add_history(db, c, outcome.status, outcome.message, outcome.exit_code)
             _finish_side_effects(
                 db, c, success=False, message=f"Container {cid}: {outcome.message}", warnings=outcome.warnings
@@ -589,6 +663,22 @@ class ContainerWorkers:
             self._end(cid, _Outcome("Failed", message))
         except Exception:
             log.exception("container %s: could not record the failure", cid)
+
+
+def _replace_resource(w: ArchiveWriter, scan: Scan, old: Resource) -> Resource:
+    """An empty resource, with ``old``'s XNAT id and label, that replaces ``old`` when ``w`` commits.
+
+    A re-run's outputs must never mix with the previous run's: overwriting in place would show new bytes
+    under old catalog rows until the commit. Instead the old resource row goes (its file rows with it;
+    its folder is deleted after the commit) and a new row, in a fresh folder, takes its place in the
+    same transaction. A reader that found the old row then finds no files of it, never another run's.
+    """
+    xnat_id, label, fmt, content = old.xnat_id, old.label, old.format, old.content
+    w.delete_resource(old)
+    fresh, _ = w.ensure_resource(scan, label, format=fmt, content=content)  # beside the old folder
+    fresh.xnat_id = xnat_id  # the resource keeps its XNAT id: clients see the same resource, new files
+    w.db.flush()
+    return fresh
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

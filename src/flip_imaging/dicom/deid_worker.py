@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,10 +158,25 @@ def warm(scripts: list[ScriptRef]) -> int:
     return os.getpid()
 
 
-def lower_priority() -> None:
-    """Worker-process initializer: de-identification yields the CPU to the receivers, whose latency
-    paces every sender (each C-STORE waits for its answer); the backlog is worked off in between."""
+def init_worker(server_pid: int) -> None:
+    """Worker-process initializer.
+
+    De-identification yields the CPU to the receivers, whose latency paces every sender (each C-STORE
+    waits for its answer); the backlog is worked off in between. And the process ends when the server
+    does: a pool's workers otherwise wait on their task queue for ever after the server was killed."""
     try:
         os.nice(10)
     except OSError:
         pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid was reused by another user's process: ours is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="server-watch", daemon=True).start()

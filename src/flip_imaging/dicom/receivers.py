@@ -182,7 +182,10 @@ class DicomService:
             mp = multiprocessing.get_context("forkserver")
             mp.set_forkserver_preload(["flip_imaging.dicom.deid_worker", "flip_imaging.dicom.anonymize"])
             self.pipeline.executor = ProcessPoolExecutor(
-                max_workers=workers, mp_context=mp, initializer=deid_worker.lower_priority
+                max_workers=workers,
+                mp_context=mp,
+                initializer=deid_worker.init_worker,
+                initargs=(os.getpid(),),
             )
             self.pipeline.workers = workers
             self._warm_workers(workers)

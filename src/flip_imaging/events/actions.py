@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -75,6 +76,30 @@ def unregister_action_provider(name: str) -> None:
 def providers() -> list[ActionProvider]:
     with _LOCK:
         return list(_PROVIDERS.values())
+
+
+#: ``hook(db, event)``: a built-in reaction to events that no subscription expresses (the Container
+#: Service converts a scan again when its DICOM changes). The dispatcher calls every hook for every event
+#: it delivers, after the subscriptions, in the same transaction, each in a savepoint; like ``perform``,
+#: a hook only queues durable work in ``db`` and never commits.
+EventHook = Callable[[Session, "Event"], None]
+_HOOKS: dict[str, EventHook] = {}
+
+
+def register_event_hook(name: str, hook: EventHook) -> None:
+    """Call ``hook`` for every dispatched event (a later registration under the same name replaces it)."""
+    with _LOCK:
+        _HOOKS[name] = hook
+
+
+def unregister_event_hook(name: str) -> None:
+    with _LOCK:
+        _HOOKS.pop(name, None)
+
+
+def event_hooks() -> list[tuple[str, EventHook]]:
+    with _LOCK:
+        return list(_HOOKS.items())
 
 
 def split_action_key(action_key: str) -> tuple[str, str]:

@@ -8,14 +8,17 @@ One database transaction per event:
 2. for every active subscription whose filter meets the event, insert a delivery row (unique per event
    and subscription) with its status trail, and call the action provider's ``perform()`` in a savepoint
    so a provider that raises fails only its own delivery;
-3. commit.
+3. call the registered event hooks (``actions.register_event_hook``: built-in reactions such as the
+   Container Service's re-conversion of a scan whose DICOM changed), each in a savepoint;
+4. commit.
 
 A crash before the commit rolls everything back, the event stays undispatched and the next dispatcher
 (after a restart) delivers it; after the commit it is never delivered again. Providers only queue durable
 work in the same transaction, so the work is queued exactly when the delivery is recorded.
 
 When the Event Service is disabled (``PUT /xapi/events/prefs {"enabled": false}``) events are still
-consumed but trigger nothing, as in XNAT; they are not replayed when it is enabled again.
+consumed but trigger nothing (no subscriptions, no hooks), as in XNAT; they are not replayed when it is
+enabled again.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from sqlalchemy.orm import Session
 
 from flip_imaging.context import register_service
 from flip_imaging.events import bus
-from flip_imaging.events.actions import provider_for
+from flip_imaging.events.actions import event_hooks, provider_for
 from flip_imaging.events.delivery.models import Delivery, Subscription
 from flip_imaging.events.jsonpath import FilterSyntaxError, compile_predicate
 from flip_imaging.events.models import Event
-from flip_imaging.events.service import add_status, is_enabled, to_json
+from flip_imaging.events.service import add_status, is_enabled, open_delivery
 
 if TYPE_CHECKING:
     from flip_imaging.context import AppContext
@@ -72,20 +75,12 @@ def deliver(db: Session, event: Event) -> list[Delivery]:
                                    Subscription.active.is_(True)).order_by(Subscription.id)
     )
     deliveries = []
-    short = event.event_type.rsplit(".", 1)[-1]
     for sub in subs:
         if not _applies(sub, event):
             continue
         user = event.user if sub.act_as_event_user and event.user else sub.owner
-        delivery = Delivery(event_pk=event.pk, subscription_id=sub.id, subscription_json=to_json(sub),
-                            project_id=event.project_id, event_type=event.event_type, action_user=user,
-                            action_inputs=dict(sub.attributes or {}), last_status="EVENT_TRIGGERED")
-        db.add(delivery)
+        delivery = open_delivery(db, event, sub, user)
         deliveries.append(delivery)
-        add_status(db, delivery, "EVENT_TRIGGERED", f"{short} {event.status} triggered.")
-        add_status(db, delivery, "EVENT_DETECTED", "Event detected.")
-        add_status(db, delivery, "SUBSCRIPTION_TRIGGERED", f"Subscription '{sub.name}' triggered.")
-        add_status(db, delivery, "OBJECT_SERIALIZED", "Event payload serialized.")
         if sub.payload_filter:
             try:
                 matched = bool(compile_predicate(sub.payload_filter)(event.payload or {}))
@@ -119,8 +114,25 @@ def deliver(db: Session, event: Event) -> list[Delivery]:
             add_status(db, delivery, "ACTION_FAILED", outcome.message or "Action failed.")
         elif outcome.message:
             add_status(db, delivery, "ACTION_STEP", outcome.message)
+    for name, hook in event_hooks():
+        savepoint = db.begin_nested()
+        try:
+            hook(db, event)
+            savepoint.commit()
+        except Exception:
+            savepoint.rollback()
+            log.exception("event hook %s failed for event %s", name, event.pk)
     db.flush()
     return deliveries
+
+
+def _waiting(ctx: AppContext, skip: list[int]) -> bool:
+    """Whether an undispatched event (not in ``skip``) exists, read without taking any lock."""
+    with ctx.sessions() as db:
+        q = select(Event.pk).where(Event.dispatched.is_(False))
+        if skip:
+            q = q.where(Event.pk.not_in(skip))
+        return db.scalar(q.limit(1)) is not None
 
 
 def dispatch_one(ctx: AppContext, skip: list[int] | None = None) -> int | None:
@@ -173,12 +185,21 @@ class EventDispatcher:
         now = time.monotonic()
         return [pk for pk, (when, _) in self._retry_at.items() if when > now]
 
-    def run_once(self) -> int:
-        """Drain the queue; how many events were dispatched."""
+    def run_once(self, *, look_first: bool = True) -> int:
+        """Drain the queue; how many events were dispatched.
+
+        ``look_first=False`` when woken by a commit that published events: one is surely waiting.
+        """
         count = 0
         while not self._stop.is_set():
             skip = self._skip()
             try:
+                # look before claiming: on SQLite claiming takes the write lock, and waiting for it behind
+                # a long writer (a big archive transaction) means sleeping in SQLite's busy handler, which
+                # wakes up to 100 ms late; a look never waits. It also leaves the lock free for the work
+                # just queued (a container worker claiming its job).
+                if (count or look_first) and not _waiting(self.ctx, skip):
+                    return count
                 pk = dispatch_one(self.ctx, skip)
             except Exception:
                 log.exception("event dispatch failed; will retry")
@@ -208,10 +229,11 @@ class EventDispatcher:
             self._retry_at[pk] = (time.monotonic() + backoff, backoff)
 
     def _run(self) -> None:
+        woken = False
         while not self._stop.is_set():
             bus.new_events.clear()
-            self.run_once()
-            bus.new_events.wait(self.poll_seconds)
+            self.run_once(look_first=not woken)
+            woken = bus.new_events.wait(self.poll_seconds)
 
 
 def _factory(ctx: AppContext) -> EventDispatcher:

@@ -11,7 +11,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, selectinload
 
 from flip_imaging.archive.models import Project, ProjectAlias, utcnow
@@ -309,10 +309,30 @@ def add_status(db: Session, delivery: Delivery, status: str, message: str | None
     """Append a step to a delivery's trail (in the caller's transaction)."""
     if status not in DELIVERY_STATUSES:
         raise ValueError(f"unknown delivery status {status}")
-    delivery.statuses.append(DeliveryStatus(status=status, message=message, at=utcnow()))
+    step = DeliveryStatus(status=status, message=message, at=utcnow())
+    if delivery.id is not None and "statuses" in inspect(delivery).unloaded:
+        # ending a delivery loaded on its own (a worker finishing it): no need to read its whole trail
+        step.delivery_id = delivery.id
+        db.add(step)
+    else:
+        delivery.statuses.append(step)
     delivery.last_status = status
     if status in FINAL_STATUSES:
         delivery.finished = True
+
+
+def open_delivery(db: Session, event: Event, sub: Subscription, user: str | None) -> Delivery:
+    """Record that ``event`` met ``sub``: a delivery with its trail up to OBJECT_SERIALIZED (not flushed)."""
+    short = event.event_type.rsplit(".", 1)[-1]
+    delivery = Delivery(event_pk=event.pk, subscription_id=sub.id, subscription_json=to_json(sub),
+                        project_id=event.project_id, event_type=event.event_type, action_user=user,
+                        action_inputs=dict(sub.attributes or {}), last_status="EVENT_TRIGGERED")
+    db.add(delivery)
+    add_status(db, delivery, "EVENT_TRIGGERED", f"{short} {event.status} triggered.")
+    add_status(db, delivery, "EVENT_DETECTED", "Event detected.")
+    add_status(db, delivery, "SUBSCRIPTION_TRIGGERED", f"Subscription '{sub.name}' triggered.")
+    add_status(db, delivery, "OBJECT_SERIALIZED", "Event payload serialized.")
+    return delivery
 
 
 def finish_delivery(db: Session, delivery_id: int, success: bool, message: str) -> None:
@@ -409,5 +429,6 @@ __all__ = [
     "DELIVERY_STATUSES", "SubscriptionError", "SubscriptionNotFound", "add_status", "count_deliveries",
     "create_subscription", "delete_subscription", "delivery_to_json", "finish_delivery", "get_delivery",
     "get_subscription", "is_enabled", "list_deliveries", "list_event_types", "list_subscriptions",
+    "open_delivery",
     "revalidate", "set_active", "set_enabled", "to_display_json", "to_json", "update_subscription",
 ]
