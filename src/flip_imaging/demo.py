@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from flip_imaging.netutil import free_port
+from flip_imaging.waiting import WaitTimeout, wait_until
 
 PROJECT = "FLIPDEMO"
 SUBJECT = "DEMO01"
@@ -55,14 +56,10 @@ class DemoFailed(RuntimeError):
 
 
 def _wait(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(predicate, timeout, interval, what=what)
+    except WaitTimeout:
+        raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}") from None
 
 
 def _rows(http: Any, url: str) -> list[dict[str, Any]]:

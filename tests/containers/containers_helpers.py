@@ -22,6 +22,7 @@ from flip_imaging.auth import service as auth_service
 from flip_imaging.context import AppContext
 from flip_imaging.synthetic.phi import PlantedPHI
 from flip_imaging.synthetic.series import make_ct_series, write_series
+from flip_imaging.waiting import WaitTimeout, wait_until
 
 PASSWORD = "Correct-Horse-9"
 ADMIN_AUTH = ("admin", "admin-test-Password-1")
@@ -133,11 +134,8 @@ def reference_conversion(
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
+    """Poll ``predicate`` until truthy (returned); AssertionError when ``timeout`` passes."""
+    try:
+        return wait_until(predicate, timeout, interval)
+    except WaitTimeout:
+        raise AssertionError(f"condition not met within {timeout} s") from None

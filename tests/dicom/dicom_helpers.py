@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pydicom.dataset import Dataset
 
 from flip_imaging.archive.models import Project
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series, write_series
+from flip_imaging.waiting import WaitTimeout, wait_until
 
 STORESCU = "/usr/bin/storescu"
 ADMIN_AUTH = ("admin", "admin-test-Password-1")  # tests/conftest.py's admin (no tests package to import)
@@ -20,14 +20,11 @@ ECHOSCU = "/usr/bin/echoscu"
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+    """Poll ``predicate`` until truthy (returned); AssertionError when ``timeout`` passes."""
+    try:
+        return wait_until(predicate, timeout, interval)
+    except WaitTimeout:
+        raise AssertionError(f"condition not met within {timeout}s") from None
 
 
 def add_project(ctx, project_id: str, prearchive_code: int = 4) -> None:  # type: ignore[no-untyped-def]

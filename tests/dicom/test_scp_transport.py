@@ -22,6 +22,7 @@ from flip_imaging.dicom.scp import DicomSCP, ReceiverSpec
 from flip_imaging.dicom.spool import Spool
 from flip_imaging.netutil import free_port
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series
+from flip_imaging.waiting import wait_until
 
 
 def test_recv_exact_reassembles_a_trickled_message() -> None:
@@ -81,10 +82,7 @@ def test_associations_get_the_fast_transport_and_still_store(tmp_path: Path) -> 
         assert assoc.is_released
         names = spool.pending()
         assert len(names) == 1 and names[0].startswith("r7_")
-        deadline = time.monotonic() + 10
-        while receiver.server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert receiver.server.active_associations == []
+        wait_until(lambda: not receiver.server.active_associations, 10, 0.02, what="the association to end")
     finally:
         receiver.stop()
 
@@ -183,15 +181,14 @@ def test_deid_workers_end_when_the_server_is_gone() -> None:
         os.kill(worker_pid, 0)  # alive while the "server" is
         server.kill()
         server.wait()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        def worker_gone() -> bool:
             try:
                 os.kill(worker_pid, 0)
             except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the de-identification worker outlived the server")
+                return True
+            return False
+
+        wait_until(worker_gone, 15, what="the de-identification worker to end with the server")
     finally:
         server.kill()
         pool.shutdown(wait=False, cancel_futures=True)
