@@ -23,7 +23,7 @@ from flip_imaging.dicom import deid_worker
 from flip_imaging.dicom.models import DicomReceiver, DicomSession
 from flip_imaging.dicom.pipeline import Pipeline, due_sessions
 from flip_imaging.dicom.routing import parse_expressions
-from flip_imaging.dicom.scp import ReceiverSpec, ScpHost, parse_whitelist
+from flip_imaging.dicom.scp import ReceiverSpec, ScpHost, parse_whitelist, whitelist_entry
 from flip_imaging.prefs import get_pref, set_pref
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,10 @@ def apply_fields(db: Session, receiver: DicomReceiver, body: dict[str, Any]) -> 
                 raise ReceiverError("whitelist must be a list of AE titles (AETITLE or AETITLE@address)")
             value = [v.strip() for v in value if v.strip()]
             for entry in value:
-                ae, at, host = (part.strip() for part in entry.partition("@"))
-                if not ae or len(ae) > 16 or "\\" in ae or (at and not host):
-                    raise ReceiverError(f"whitelist entry {entry!r} is not AETITLE or AETITLE@address")
+                try:
+                    whitelist_entry(entry)
+                except ValueError as exc:
+                    raise ReceiverError(str(exc)) from None
         elif column in _TEXT:
             value = "" if value is None else value
             if not isinstance(value, str):

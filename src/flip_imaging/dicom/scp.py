@@ -56,15 +56,24 @@ class ReceiverSpec:
     host: str = "127.0.0.1"
 
 
+def whitelist_entry(entry: str) -> tuple[str, str]:
+    """Split one of XNAT's whitelist entries, ``AETITLE`` or ``AETITLE@address``, into (AE title,
+    address or ""); ValueError if it is neither."""
+    ae, at, host = (part.strip() for part in entry.strip().partition("@"))
+    if not ae or len(ae) > 16 or "\\" in ae or (at and not host):
+        raise ValueError(f"whitelist entry {entry!r} is not AETITLE or AETITLE@address")
+    return ae, host
+
+
 def parse_whitelist(entries: list[str]) -> tuple[tuple[str, str | None], ...]:
-    """XNAT's whitelist entries, ``AETITLE`` (from any host) or ``AETITLE@address``. A host name is
-    resolved to its IPv4 address once, when the receiver (re)starts; one that does not resolve
-    admits nobody, rather than everybody."""
+    """A receiver's whitelist (entries as checked by :func:`whitelist_entry`; others are skipped).
+    A host name is resolved to its IPv4 address once, when the receiver (re)starts; one that does not
+    resolve admits nobody, rather than everybody."""
     out: set[tuple[str, str | None]] = set()
     for entry in entries:
-        ae, _, host = entry.strip().partition("@")
-        ae, host = ae.strip(), host.strip()
-        if not ae:
+        try:
+            ae, host = whitelist_entry(entry)
+        except ValueError:
             continue
         address: str | None = None
         if host:
