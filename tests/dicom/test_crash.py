@@ -99,19 +99,10 @@ def test_kill_9_during_storescu(tmp_path: Path) -> None:
     assert http.post("/xapi/dicomscp", json={"aeTitle": "FLIP", "port": dicom_port}).status_code == 200
     http.close()
     time.sleep(0.5)
+    study_args = ["-aet", "CRASHSCU", "-aec", "FLIP", "+sd",
+                  "127.0.0.1", str(dicom_port), str(tmp_path / "in")]
     sender = subprocess.Popen(
-        [
-            STORESCU,
-            "-v",
-            "-aet",
-            "CRASHSCU",
-            "-aec",
-            "FLIP",
-            "+sd",
-            "127.0.0.1",
-            str(dicom_port),
-            str(tmp_path / "in"),
-        ],
+        [STORESCU, "-v", *study_args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -151,17 +142,7 @@ def test_kill_9_during_storescu(tmp_path: Path) -> None:
         _check_intact(data, originals)
         # the sender retries the whole study (acknowledged ones included): still exactly once each
         retry = subprocess.run(
-            [
-                STORESCU,
-                "-aet",
-                "CRASHSCU",
-                "-aec",
-                "FLIP",
-                "+sd",
-                "127.0.0.1",
-                str(dicom_port),
-                str(tmp_path / "in"),
-            ],
+            [STORESCU, *study_args],
             capture_output=True,
             text=True,
             timeout=300,

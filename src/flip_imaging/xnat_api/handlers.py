@@ -522,20 +522,12 @@ def _delete_object(
         target = r.assessor or r.scan or r.experiment or r.subject or r.project
         obj = reload(w, target)
         project_id = r.project.id if r.project else None
-        if isinstance(obj, Experiment):
-            uri = f"/archive/experiments/{obj.id}"
+        if isinstance(obj, Experiment | Subject):
+            event_type, folder = ("SessionEvent", "experiments") if isinstance(obj, Experiment) else (
+                "SubjectEvent", "subjects")
+            uri = f"/archive/{folder}/{obj.id}"
             w.publish(
-                "SessionEvent",
-                "DELETED",
-                {"id": obj.id, "label": obj.label, "project-id": project_id, "uri": uri},
-                project_id=project_id,
-                object_uri=uri,
-                user=event_user(who),
-            )
-        elif isinstance(obj, Subject):
-            uri = f"/archive/subjects/{obj.id}"
-            w.publish(
-                "SubjectEvent",
+                event_type,
                 "DELETED",
                 {"id": obj.id, "label": obj.label, "project-id": project_id, "uri": uri},
                 project_id=project_id,
