@@ -29,7 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 
 from flip_imaging.dicom.spool import Spool
-from flip_imaging.dicomedit.fileio import BadDicomFile, check_dataset_structure
+from flip_imaging.dicomedit.fileio import LONG_VRS, BadDicomFile, check_dataset_structure
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def check_dataset(data: Any, transfer_syntax: str, sop_class: str) -> tuple[int,
 
     Returns a DIMSE status and a comment (never containing element values).
     """
-    buf = bytes(data) if not isinstance(data, bytes) else data
+    buf = data  # bytes or the receiver's memoryview: walked in place, never copied
     if transfer_syntax in DEFLATED:
         return STATUS_SUCCESS, None  # the worker inflates and checks it
     try:
@@ -114,7 +114,7 @@ def check_dataset(data: Any, transfer_syntax: str, sop_class: str) -> tuple[int,
     return STATUS_SUCCESS, None
 
 
-def _sop_class_of(buf: bytes, transfer_syntax: str) -> str | None:
+def _sop_class_of(buf: bytes | memoryview, transfer_syntax: str) -> str | None:
     """(0008,0016) read straight from the bytes: it is one of the first elements of any dataset."""
     little = transfer_syntax != EXPLICIT_BE
     implicit = transfer_syntax == IMPLICIT_LE
@@ -129,22 +129,8 @@ def _sop_class_of(buf: bytes, transfer_syntax: str) -> str | None:
             (length,) = struct.unpack_from(end + "I", buf, pos + 4)
             header = 8
         else:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in (
-                b"OB",
-                b"OD",
-                b"OF",
-                b"OL",
-                b"OV",
-                b"OW",
-                b"SQ",
-                b"SV",
-                b"UC",
-                b"UN",
-                b"UR",
-                b"UT",
-                b"UV",
-            ):
+            vr = bytes(buf[pos + 4 : pos + 6]).decode("ascii", "replace")
+            if vr in LONG_VRS:
                 (length,) = struct.unpack_from(end + "I", buf, pos + 8)
                 header = 12
             else:
@@ -153,7 +139,8 @@ def _sop_class_of(buf: bytes, transfer_syntax: str) -> str | None:
         if length == 0xFFFFFFFF:
             return None
         if tag == 0x00080016:
-            return buf[pos + header : pos + header + length].rstrip(b"\x00 ").decode("ascii", "replace")
+            value = bytes(buf[pos + header : pos + header + length])
+            return value.rstrip(b"\x00 ").decode("ascii", "replace")
         pos += header + length
     return None
 

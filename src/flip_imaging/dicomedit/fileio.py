@@ -108,8 +108,7 @@ class _Walker:
                 else:
                     if pos + 6 > size:
                         raise BadDicomFile(f"file is truncated (in VR at byte {pos + 4})")
-                    vr_bytes = data[pos + 4 : pos + 6]
-                    vr = _VR_TEXT.get(vr_bytes)
+                    vr = _VR_TEXT.get(bytes(data[pos + 4 : pos + 6]))
                     if vr is None:
                         raise BadDicomFile(f"unknown VR at ({group:04X},{elem:04X})")
                     if vr in LONG_VRS:
