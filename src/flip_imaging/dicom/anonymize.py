@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from flip_imaging.config import Settings
 from flip_imaging.dicomedit import ApplyResult, DicomEditSyntaxError, Script
-from flip_imaging.dicomedit.scripts import with_site_secret
+from flip_imaging.dicomedit.scripts import check_secret
 from flip_imaging.prefs import get_pref, set_pref
 
 SITE_KEY = "anonymize.site"
@@ -64,8 +64,7 @@ def site_secret(settings: Settings) -> str:
     secret of the FLIP script (:func:`~flip_imaging.dicomedit.scripts.with_site_secret`) and never
     appears in a script text the API serves, nor in a log."""
     if settings.date_shift_secret:
-        with_site_secret("", settings.date_shift_secret)  # validates
-        return settings.date_shift_secret
+        return check_secret(settings.date_shift_secret)
     path = settings.data_dir / SECRET_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +80,7 @@ def site_secret(settings: Settings) -> str:
             pass
         finally:
             tmp.unlink(missing_ok=True)
-    secret = path.read_text().strip()
-    with_site_secret("", secret)  # a hand-edited file must still be a valid secret
-    return secret
+    return check_secret(path.read_text().strip())  # a hand-edited file must still be a valid secret
 
 
 def validate(text: str) -> Script:
@@ -178,11 +175,12 @@ def compiled(text: str) -> Script:
     return script
 
 
-def apply(stored: StoredScript, ds: Dataset, variables: dict[str, str | None]) -> ApplyResult:
-    """Apply one stored script and record it in (0012,0064) unless the script rejected the file."""
-    result = compiled(stored.text).apply(ds, variables=variables)
+def apply(script: Script, script_id: int, ds: Dataset, variables: dict[str, str | None]) -> ApplyResult:
+    """Apply one compiled script and record it in (0012,0064), as the script with id ``script_id``,
+    unless it rejected the file."""
+    result = script.apply(ds, variables=variables)
     if not result.rejected:
-        record_application(ds, stored.script_id)
+        record_application(ds, script_id)
     return result
 
 

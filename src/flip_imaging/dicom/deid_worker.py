@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flip_imaging.dicomedit import DicomEditRuntimeError
+from flip_imaging.dicomedit import DicomEditRuntimeError, Script
 from flip_imaging.dicomedit.fileio import BadDicomFile, read_checked
 
 SOP_UID, SERIES_UID, STUDY_UID = 0x00080018, 0x0020000E, 0x0020000D
@@ -53,16 +53,16 @@ class DeidResult:
     ok: bool
     reason: str = ""
     size: int = 0
-    #: SHA-256 of the de-identified copy (written and fsynced by the worker)
+    #: SHA-256 of the de-identified copy, computed from the bytes the worker wrote
     sha256: str | None = None
     values: dict[str, str | None] = field(default_factory=dict)
 
 
 #: compiled scripts of this process by text digest
-_scripts: dict[str, object] = {}
+_scripts: dict[str, Script] = {}
 
 
-def _script(ref: ScriptRef):  # type: ignore[no-untyped-def]
+def _script(ref: ScriptRef) -> Script:
     from flip_imaging.dicom import anonymize
 
     script = _scripts.get(ref.digest)
@@ -96,8 +96,7 @@ def run(job: DeidJob) -> DeidResult:
         return DeidResult(False, f"unreadable spool file ({exc.strerror})")
     for ref in job.scripts:
         try:
-            script = _script(ref)
-            res = script.apply(ds, variables=dict(job.variables))  # type: ignore[attr-defined]
+            res = anonymize.apply(_script(ref), ref.script_id, ds, dict(job.variables))
         except DicomEditRuntimeError as exc:
             return DeidResult(False, f"{ref.which} anonymization script failed: {exc}")
         except OSError as exc:
@@ -106,7 +105,6 @@ def run(job: DeidJob) -> DeidResult:
             return DeidResult(False, f"{ref.which} anonymization script failed ({type(exc).__name__})")
         if res.rejected:
             return DeidResult(False, "rejected by script")
-        anonymize.record_application(ds, ref.script_id)
     out = Path(job.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")

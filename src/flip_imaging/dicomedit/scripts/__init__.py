@@ -13,6 +13,14 @@ PLACEHOLDER_SECRET = "flip-default-secret-change-me"
 _PLACEHOLDER_LINE = re.compile(rf'^dateShiftSecret := "{re.escape(PLACEHOLDER_SECRET)}"[ \t]*$', re.MULTILINE)
 
 
+def check_secret(secret: str) -> str:
+    """``secret`` if it can be a date-shift secret (it is pasted into a DicomEdit string literal),
+    else ValueError."""
+    if not _SECRET_OK.fullmatch(secret):
+        raise ValueError("date-shift secret must be 16-128 characters of [A-Za-z0-9_.:-]")
+    return secret
+
+
 def with_site_secret(text: str, secret: str) -> str:
     """``text`` with each ``dateShiftSecret := "<placeholder>"`` line assigning ``secret`` instead.
 
@@ -20,9 +28,7 @@ def with_site_secret(text: str, secret: str) -> str:
     /xapi/anonymize/site``) and supplies it only when applying the script. A script that assigns a
     secret of its own, or none, is returned unchanged.
     """
-    if not _SECRET_OK.fullmatch(secret):
-        raise ValueError("date-shift secret must be 16-128 characters of [A-Za-z0-9_.:-]")
-    return _PLACEHOLDER_LINE.sub(f'dateShiftSecret := "{secret}"', text)
+    return _PLACEHOLDER_LINE.sub(f'dateShiftSecret := "{check_secret(secret)}"', text)
 
 
 def _read(name: str) -> str:
@@ -39,9 +45,7 @@ def flip_site_script(secret: str | None = None) -> str:
     text = _read("flip_site.das")
     if secret is None:
         return text
-    if not _SECRET_OK.fullmatch(secret):
-        raise ValueError("date-shift secret must be 16-128 characters of [A-Za-z0-9_.:-]")
-    text, count = _SECRET_LINE.subn(f'dateShiftSecret := "{secret}"', text)
+    text, count = _SECRET_LINE.subn(f'dateShiftSecret := "{check_secret(secret)}"', text)
     if count != 1:
         raise RuntimeError("flip_site.das has no single dateShiftSecret line")
     return text
@@ -52,4 +56,10 @@ def xnat_default_script() -> str:
     return _read("xnat_default.das")
 
 
-__all__ = ["PLACEHOLDER_SECRET", "flip_site_script", "with_site_secret", "xnat_default_script"]
+__all__ = [
+    "PLACEHOLDER_SECRET",
+    "check_secret",
+    "flip_site_script",
+    "with_site_secret",
+    "xnat_default_script",
+]
