@@ -124,6 +124,8 @@ class _Move:
     staged: Path
     final: Path
     backup: Path | None = None
+    #: staged from a source with a known digest and not yet fsynced: fsynced with the batch at commit
+    unsynced: bool = False
 
 
 @dataclass
@@ -146,7 +148,6 @@ class ArchiveWriter:
         self._plan = _Plan()
         self._pending: dict[Path, _Move] = {}  # final path → its move, to spot re-adds in O(1)
         self._resource_files: dict[int, dict[str, File]] = {}  # see _files_of
-        self._unsynced: list[Path] = []  # staged with a known digest, not yet fsynced
         self._published = False
 
     # -- context management -------------------------------------------------------------------------
@@ -192,8 +193,7 @@ class ArchiveWriter:
         try:
             self.db.add(ArchiveTxn(txid=self.txid))
             self.db.flush()  # constraint violations surface here, before any file moves
-            unsynced = set(self._unsynced)
-            _fsync_all([m.staged for m in plan.moves if m.staged in unsynced])
+            _fsync_all([m.staged for m in plan.moves if m.unsynced])
             self._write_journal()
             for move in plan.moves:
                 _makedirs(move.final.parent)
@@ -375,17 +375,17 @@ class ArchiveWriter:
         staged = self.staging / f"{self.txid}-{uuid.uuid4().hex}"
         if known is not None and move and isinstance(source, Path):
             os.replace(source, staged)
-            size, digest = known
-            self._unsynced.append(staged)
+            (size, digest), unsynced = known, True
         else:
             size, digest = _stage(source, staged, move=move, max_bytes=max_bytes)
+            unsynced = False
         if pending:
             replaced = self._pending.pop(final)
             replaced.staged.unlink(missing_ok=True)
             self._plan.moves.remove(replaced)
         if final in self._plan.delete_files:  # deleted, then added again: the new file replaces it
             self._plan.delete_files.remove(final)
-        move_ = _Move(staged=staged, final=final)
+        move_ = _Move(staged=staged, final=final, unsynced=unsynced)
         self._plan.moves.append(move_)
         self._pending[final] = move_
         if existing is not None:
