@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +47,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_demo_refuses_a_used_data_directory(tmp_path: Path) -> None:
-    (tmp_path / "something").write_text("x")
+    """The reason names the folder on one line, however long its path and narrow the terminal."""
+    used = tmp_path / ("a-rather-long-folder-name-" * 6) / "data"
+    used.mkdir(parents=True)
+    (used / "something").write_text("x")
+    env = {**os.environ, "COLUMNS": "40"}
     run = subprocess.run(
-        [str(FLIP), "demo", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [str(FLIP), "demo", "--data-dir", str(used)], capture_output=True, text=True, timeout=120, env=env
     )
     assert run.returncode == 1
-    assert "not empty" in run.stdout + run.stderr
+    assert f"{used} is not empty" in run.stdout + run.stderr

@@ -21,8 +21,8 @@ def _routers() -> list:
     """Import routers lazily so that a sub-package's import cost is paid only by the app."""
     from flip_imaging.auth.routes import router as auth_router
     from flip_imaging.containers.routes import router as containers_router
-    from flip_imaging.dicom.routes import router as dicom_router
     from flip_imaging.events.routes import router as events_router
+    from flip_imaging.intake.routes import router as dicom_router
     from flip_imaging.web.routes import router as web_router
     from flip_imaging.xnat_api.routes import router as xnat_router
 

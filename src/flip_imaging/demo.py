@@ -448,10 +448,11 @@ def demo_command(
     try:
         code = run_demo(target.resolve(), keep_running, port, dicom_port, timeout)
     except DemoFailed as exc:
-        console.print(f"[bold red]demo failed:[/] {exc}")
+        # soft_wrap: a message (with its paths) stays on one line whatever the terminal's width
+        console.print(f"[bold red]demo failed:[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
     except Exception as exc:  # any other failure is a failed demo, with its reason
-        console.print(f"[bold red]demo failed:[/] {type(exc).__name__}: {exc}")
+        console.print(f"[bold red]demo failed:[/] {type(exc).__name__}: {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
     if created and not keep_running:
         console.print(f"(the data directory {target} is kept for inspection; delete it when done)")

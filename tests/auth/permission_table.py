@@ -495,8 +495,8 @@ def _seed_dicom(ctx: Any) -> dict[str, str]:
     """A disabled DICOM receiver (``{receiver_id}``, AE ``MATRIX`` port 11112) and a P1 relabel entry
     (``{relabel_id}``). Quarantine and prearchive entries are not seeded: those cases use ids that do
     not exist, so allowed roles get 404 there (what they are refused is still checked)."""
-    from flip_imaging.dicom import receivers as rx
-    from flip_imaging.dicom.models import DicomRelabel
+    from flip_imaging.intake import receivers as rx
+    from flip_imaging.intake.models import DicomRelabel
 
     with ctx.session() as db:
         receiver = rx.create_receiver(db, {"aeTitle": "MATRIX", "port": 11112, "enabled": False})

@@ -17,9 +17,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from flip_imaging.dicom import deid_worker, scp
+from flip_imaging.dicom import _pynetdicom, scp
 from flip_imaging.dicom.scp import DicomSCP, ReceiverSpec
-from flip_imaging.dicom.spool import Spool
+from flip_imaging.intake import deid_worker
+from flip_imaging.intake.spool import Spool
 from flip_imaging.netutil import free_port
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series
 from flip_imaging.waiting import wait_until
@@ -38,7 +39,7 @@ def test_recv_exact_reassembles_a_trickled_message() -> None:
     sender = threading.Thread(target=trickle)
     sender.start()
     try:
-        got = scp._recv_exact(SimpleNamespace(socket=server), len(payload))
+        got = _pynetdicom._recv_exact(SimpleNamespace(socket=server), len(payload))
         assert bytes(got) == payload
     finally:
         sender.join()
@@ -51,7 +52,7 @@ def test_recv_exact_returns_what_arrived_when_the_peer_closes() -> None:
     client.sendall(b"partial")
     client.close()
     try:
-        assert bytes(scp._recv_exact(SimpleNamespace(socket=server), 100)) == b"partial"
+        assert bytes(_pynetdicom._recv_exact(SimpleNamespace(socket=server), 100)) == b"partial"
     finally:
         server.close()
 
@@ -59,7 +60,7 @@ def test_recv_exact_returns_what_arrived_when_the_peer_closes() -> None:
 def test_associations_get_the_fast_transport_and_still_store(tmp_path: Path) -> None:
     """A live receiver: the accepted socket has TCP_NODELAY, the association runs our loop, a C-STORE
     is spooled and answered, and a release ends the association cleanly."""
-    assert scp._REACTOR_PATCHABLE and scp._RECV_PATCHABLE, "pynetdicom changed: review scp.py's patches"
+    _pynetdicom.check()  # raises if pynetdicom changed: review _pynetdicom.py's patches
     spool = Spool(tmp_path / "spool")
     port = free_port()
     receiver = DicomSCP(ReceiverSpec(pk=7, ae_title="FLIP", port=port, whitelist=None), spool)
@@ -74,7 +75,7 @@ def test_associations_get_the_fast_transport_and_still_store(tmp_path: Path) -> 
         accepted = server_side[0]
         sock = accepted.dul.socket.socket
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        assert accepted._run_reactor.__func__ is scp._association_reactor
+        assert accepted._run_reactor.__func__ is _pynetdicom._association_reactor
         ds = next(iter(make_series(SeriesSpec("CT", 1, 32, 32, 1, None), PlantedPHI("TR"))))
         status = assoc.send_c_store(ds)
         assert status.Status == 0x0000
@@ -135,11 +136,11 @@ def test_worker_refuses_a_script_that_changed_under_it(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_pipeline_publishes_scripts_owner_only(ctx) -> None:  # type: ignore[no-untyped-def]
-    from flip_imaging.dicom import anonymize
-    from flip_imaging.dicom.pipeline import Pipeline
+    from flip_imaging.intake import scriptstore
+    from flip_imaging.intake.pipeline import Pipeline
 
     pipe = Pipeline(ctx)
-    stored = anonymize.StoredScript(9, 'version "6.1"\n(0010,0020) := "X"\n', True)
+    stored = scriptstore.StoredScript(9, 'version "6.1"\n(0010,0020) := "X"\n', True)
     ref = pipe.script_ref("project", stored)
     path = Path(ref.path)
     assert path.parent == pipe.spool.scripts
@@ -192,3 +193,14 @@ def test_deid_workers_end_when_the_server_is_gone() -> None:
     finally:
         server.kill()
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_check_fails_loudly_when_a_patched_internal_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pynetdicom release without an internal the patches replace must stop the receiver from
+    starting, not quietly run without the speed-up."""
+    monkeypatch.setitem(_pynetdicom._REQUIRED, _pynetdicom.Association, ("_no_such_internal",))
+    with pytest.raises(_pynetdicom.PynetdicomIncompatible, match="_no_such_internal"):
+        _pynetdicom.check()
+    receiver = DicomSCP(ReceiverSpec(pk=8, ae_title="FLIP", port=free_port(), whitelist=None), object())  # type: ignore[arg-type]
+    with pytest.raises(_pynetdicom.PynetdicomIncompatible):
+        receiver.start()

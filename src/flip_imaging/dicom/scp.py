@@ -1,7 +1,7 @@
 """One DICOM receiver (SCP) on pynetdicom: C-ECHO and C-STORE for every storage SOP class.
 
 A C-STORE is answered with success only once the dataset, as received (no decoding), is written with
-its file meta information into the spool and fsynced (see :mod:`flip_imaging.dicom.spool`). Cheap
+its file meta information into the spool and fsynced (see :mod:`flip_imaging.intake.spool`). Cheap
 checks run first so that a sender learns at once about data that can never be processed: a dataset
 that is structurally broken (truncated) gets ``0xC000`` (cannot understand), a dataset whose SOP Class
 does not match the negotiated one gets ``0xA900``; neither is spooled.
@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
-import os
-import queue
 import socket
 import struct
-import threading
-import types
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import pynetdicom
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
 
-from flip_imaging.dicom.spool import Spool
-from flip_imaging.dicomedit.fileio import LONG_VRS, BadDicomFile, check_dataset_structure
+from flip_imaging.dicom import _pynetdicom
+from flip_imaging.dicom.structure import (
+    DEFLATED,
+    EXPLICIT_BE,
+    IMPLICIT_LE,
+    LONG_VRS,
+    BadDicomFile,
+    check_dataset_structure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +35,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_SOP_CLASS_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
-#: seconds pynetdicom's per-association loop pauses when idle (its default is 0.001)
-DUL_LOOP_DELAY = 0.0002
 
 
 @dataclass(frozen=True)
@@ -145,12 +138,18 @@ def _sop_class_of(buf: bytes | memoryview, transfer_syntax: str) -> str | None:
     return None
 
 
-class DicomSCP:
-    """A running pynetdicom server for one receiver; it spools and wakes the worker."""
+class InstanceSink(Protocol):
+    """Where an acknowledged instance goes: ``write`` returns only once the bytes are durable."""
 
-    def __init__(self, spec: ReceiverSpec, spool: Spool) -> None:
+    def write(self, source: str, parts: tuple[memoryview, memoryview]) -> object: ...
+
+
+class DicomSCP:
+    """A running pynetdicom server for one receiver; every accepted instance goes to ``sink``."""
+
+    def __init__(self, spec: ReceiverSpec, sink: InstanceSink) -> None:
         self.spec = spec
-        self.spool = spool
+        self.sink = sink
         self.source = f"r{spec.pk}"
         self.server: Any = None
 
@@ -167,6 +166,7 @@ class DicomSCP:
         return ae
 
     def start(self) -> None:
+        _pynetdicom.check()
         ae = self._make_ae()
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
@@ -184,21 +184,8 @@ class DicomSCP:
 
     @staticmethod
     def _on_open(event: Any) -> None:
-        """Cut pynetdicom's polling latency, which paces every sender (each C-STORE waits for its
-        answer): the network loop sleeps 1 ms whenever it finds nothing to do, and the association
-        loop sleeps 1 ms before each look for a decoded message. A shorter pause for the first and a
-        blocking wait for the second (see :func:`_association_reactor`) more than double the rate a
-        sender can push (measured with storescu), at the cost of a little CPU while idle."""
-        assoc = event.assoc
-        dul = getattr(assoc, "dul", None)
-        assoc_socket = getattr(dul, "socket", None)
-        _no_delay(assoc_socket)
-        if assoc_socket is not None and _RECV_PATCHABLE:
-            assoc_socket.recv = types.MethodType(_recv_exact, assoc_socket)
-        if dul is not None and hasattr(dul, "_run_loop_delay"):
-            dul._run_loop_delay = DUL_LOOP_DELAY
-        if _REACTOR_PATCHABLE:
-            assoc._run_reactor = types.MethodType(_association_reactor, assoc)
+        """Cut pynetdicom's per-instance latency on this association (see :mod:`._pynetdicom`)."""
+        _pynetdicom.speed_up(event.assoc)
 
     def _on_requested(self, event: Any) -> None:
         """The whitelist, checked on the A-ASSOCIATE-RQ (AE title and peer address): an unknown caller
@@ -246,107 +233,13 @@ class DicomSCP:
             header.write(b"\x00" * 128 + b"DICM")
             write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
             try:
-                self.spool.write(self.source, (header.getbuffer(), view))
+                self.sink.write(self.source, (header.getbuffer(), view))
             except OSError as exc:
                 log.error("spool write failed on receiver %s: %s", self.spec.ae_title, exc.strerror)
                 return _status(STATUS_OUT_OF_RESOURCES, "cannot store the instance (spool)")
             return STATUS_SUCCESS
         finally:
             view.release()
-
-
-def _no_delay(assoc_socket: Any) -> None:
-    """Send each response at once: with Nagle's algorithm on, a response written in more than one
-    piece waits for the peer's delayed ACK (40 ms on Linux) every so often, which a sender that waits
-    for each answer (storescu, a PACS answering a C-MOVE) pays on every such instance."""
-    sock = getattr(assoc_socket, "socket", None)
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
-_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-
-
-def _recv_exact(self: Any, nr_bytes: int) -> bytearray:
-    """``AssociationSocket.recv`` in a few large reads instead of 4 KiB ones, ACKing at once.
-
-    Most senders leave Nagle's algorithm on (DCMTK does unless TCP_NODELAY is set in its
-    environment): the tail of each C-STORE then waits until we ACK what came before, and a delayed ACK
-    costs 40 ms on Linux, on a few percent of instances at random. TCP_QUICKACK after each read
-    makes this side ACK immediately (the kernel clears it again by itself, hence every time).
-    """
-    sock = self.socket
-    buf = bytearray(nr_bytes)
-    got = 0
-    with memoryview(buf) as view:
-        while got < nr_bytes:
-            n = sock.recv_into(view[got:], nr_bytes - got)
-            if n == 0:  # the peer closed the connection: return what arrived, as pynetdicom does
-                break
-            got += n
-            if _QUICKACK is not None:
-                try:
-                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-                except OSError:
-                    pass
-    if got < nr_bytes:
-        del buf[got:]
-    return buf
-
-
-#: pynetdicom internals :func:`_recv_exact` relies on
-_RECV_PATCHABLE = hasattr(AssociationSocket, "recv") and pynetdicom.__version__.startswith("3.")
-#: pynetdicom internals :func:`_association_reactor` relies on (checked once; else its own loop runs)
-_REACTOR_PATCHABLE = all(
-    hasattr(Association, name) for name in ("_run_reactor", "_serve_request", "kill")
-) and pynetdicom.__version__.startswith("3.")
-#: longest wait for a decoded message before the association loop checks release, abort and timeouts
-REACTOR_WAIT = 0.005
-
-
-def _association_reactor(self: Any) -> None:
-    """pynetdicom 3's acceptor loop (``Association._run_reactor``) with a blocking wait on the decoded
-    message queue instead of a fixed 1 ms sleep before each poll; every check it makes is kept.
-
-    It only serves C-ECHO and C-STORE here; their handlers never pause the reactor to send requests.
-    """
-    while not self._kill:
-        self._is_paused = True
-        self._reactor_checkpoint.wait()
-        self._is_paused = False
-        try:
-            context_id, msg = self.dimse.msg_queue.get(timeout=REACTOR_WAIT)
-        except queue.Empty:
-            context_id, msg = None, None
-        if msg:
-            self._serve_request(msg, context_id)
-            continue  # the peer usually sends the next request at once: look again before the checks
-        if self.is_established and self.acse.is_release_requested():
-            self.acse.send_release(is_response=True)
-            self.is_released = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_RELEASED, {})
-            self.kill()
-            return
-        if self.acse.is_aborted():
-            self.dul.receive_pdu(wait=False)
-            self.is_aborted = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_ABORTED, {})
-            self.kill()
-            return
-        if not self.dul.is_alive():
-            self.kill()
-            return
-        if self.dul.idle_timer_expired():
-            log.warning("DICOM association idle for too long: aborted")
-            self.abort()
-            self.kill()
-            return
 
 
 def _status(code: int, comment: str | None) -> Any:
@@ -357,83 +250,3 @@ def _status(code: int, comment: str | None) -> Any:
     if comment:
         ds.ErrorComment = comment[:64]
     return ds
-
-
-class ScpHost:
-    """The receivers run in a child process of their own, so that network decoding and the spool's
-    fsyncs never compete for the interpreter lock with de-identification and archiving. The spool is
-    the only interface; ``wakeup`` (a process-shared event) tells the worker that files arrived."""
-
-    def __init__(self, spool_root: Path) -> None:
-        mp = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads or locks
-        self.wakeup = mp.Event()
-        self._conn, child = mp.Pipe()
-        self._lock = threading.Lock()
-        self.proc = mp.Process(
-            target=_host_main,
-            args=(str(spool_root), child, self.wakeup, os.getpid()),
-            name="flip-dicom-scp",
-            daemon=True,
-        )
-        self.proc.start()
-        child.close()
-
-    def apply(self, specs: list[ReceiverSpec], timeout: float = 60) -> dict[int, str]:
-        """Run exactly ``specs`` (restarting changed ones); returns errors by receiver pk."""
-        with self._lock:
-            self._conn.send(("apply", specs))
-            if not self._conn.poll(timeout):
-                raise TimeoutError("the DICOM receiver process did not answer")
-            return dict(self._conn.recv())
-
-    def stop(self) -> None:
-        with self._lock:
-            try:
-                self._conn.send(("stop", None))
-                self._conn.poll(20)
-            except (OSError, EOFError):
-                pass
-        self.proc.join(timeout=20)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-
-
-def _host_main(spool_root: str, conn: Any, wakeup: Any, parent_pid: int) -> None:
-    """Child process: keep the requested receivers running until told to stop or the parent is gone."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spool = Spool(Path(spool_root))
-    spool.wakeup = wakeup
-    running: dict[int, DicomSCP] = {}
-    try:
-        while True:
-            if conn.poll(0.5):
-                try:
-                    command, payload = conn.recv()
-                except EOFError:
-                    return
-                if command == "stop":
-                    conn.send({})
-                    return
-                errors: dict[int, str] = {}
-                wanted = {s.pk: s for s in payload}
-                for pk in list(running):
-                    if pk not in wanted or wanted[pk] != running[pk].spec:
-                        running.pop(pk).stop()
-                for pk, spec in wanted.items():
-                    if pk in running:
-                        continue
-                    scp = DicomSCP(spec, spool)
-                    try:
-                        scp.start()
-                    except OSError as exc:
-                        errors[pk] = f"cannot listen on port {spec.port}: {exc.strerror}"
-                        log.error("DICOM receiver %s: %s", spec.ae_title, errors[pk])
-                        continue
-                    running[pk] = scp
-                conn.send(errors)
-            if os.getppid() != parent_pid:  # the server died (e.g. kill -9): do not keep the ports
-                return
-    finally:
-        for scp in running.values():
-            scp.stop()

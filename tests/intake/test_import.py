@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pydicom
-from dicom_helpers import ADMIN_AUTH, add_project, archived_files, write_study
+from intake_helpers import ADMIN_AUTH, add_project, archived_files, write_study
 
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, find_leaks
 

@@ -24,9 +24,9 @@ from sqlalchemy import func, select, update
 
 from flip_imaging.archive.models import Experiment, File, Project, Resource, Scan
 from flip_imaging.archive.store import ArchiveWriter
-from flip_imaging.dicom.models import DicomImport, DicomInstance, DicomQuarantine, DicomSession
-from flip_imaging.dicom.pipeline import Pipeline, QuarantineError
-from flip_imaging.dicom.routing import UNASSIGNED, sanitize_label
+from flip_imaging.intake.models import DicomImport, DicomInstance, DicomQuarantine, DicomSession
+from flip_imaging.intake.pipeline import Pipeline, QuarantineError
+from flip_imaging.intake.routing import UNASSIGNED, sanitize_label
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def archive_session(
     archived = perf_counter()
     _cleanup(pipeline, cleanup)
     with ctx.session() as db:
-        from flip_imaging.dicom.pipeline import forget_instances
+        from flip_imaging.intake.pipeline import forget_instances
 
         forget_instances(db, session_pk)
     log.info(
@@ -387,7 +387,7 @@ def cleanup_archived(pipeline: Pipeline) -> None:
         if not rows:
             return
         _cleanup(pipeline, [(r.raw_name, r.deid_path) for r in rows])
-        from flip_imaging.dicom.pipeline import forget_instances
+        from flip_imaging.intake.pipeline import forget_instances
 
         for session_pk in {r.session_pk for r in rows}:
             forget_instances(db, session_pk)

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicom_helpers import ADMIN_AUTH, add_project, archived_files
+from intake_helpers import ADMIN_AUTH, add_project, archived_files
 from sqlalchemy import select
 
-from flip_imaging.dicom.assembly import ArchiveFailed, archive_session, finish_prearchive
-from flip_imaging.dicom.models import DicomQuarantine, DicomReceiver, DicomSession
-from flip_imaging.dicom.pipeline import Pipeline, due_sessions
-from flip_imaging.dicom.routing import comment_value, parse_expressions
+from flip_imaging.intake.assembly import ArchiveFailed, archive_session, finish_prearchive
+from flip_imaging.intake.models import DicomQuarantine, DicomReceiver, DicomSession
+from flip_imaging.intake.pipeline import Pipeline, due_sessions
+from flip_imaging.intake.routing import comment_value, parse_expressions
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series
 
 
@@ -238,7 +238,7 @@ def test_dates_shift_with_the_site_secret_not_the_published_placeholder(ctx, cli
 def test_generated_site_secret_is_private_and_stable(ctx) -> None:  # type: ignore[no-untyped-def]
     import stat
 
-    from flip_imaging.dicom.anonymize import SECRET_FILE, site_secret
+    from flip_imaging.intake.scriptstore import SECRET_FILE, site_secret
 
     ctx.settings.date_shift_secret = ""
     first = site_secret(ctx.settings)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from dicom_helpers import STORESCU, wait_for, write_study
+from intake_helpers import STORESCU, wait_for, write_study
 
 from flip_imaging.netutil import free_port
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec

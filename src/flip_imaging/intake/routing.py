@@ -17,7 +17,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from flip_imaging.archive.models import Project, ProjectAlias
-from flip_imaging.dicom.models import DicomRelabel
+from flip_imaging.intake.models import DicomRelabel
 
 UNASSIGNED = "Unassigned"
 COMMENT_TAGS = (0x00104000, 0x00324000, 0x001021B0)

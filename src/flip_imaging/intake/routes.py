@@ -31,11 +31,11 @@ from sqlalchemy.orm import Session
 from flip_imaging.auth.deps import check_project, get_ctx, get_db, require_admin, require_user
 from flip_imaging.auth.principal import Access, Principal, project_access
 from flip_imaging.context import AppContext
-from flip_imaging.dicom import anonymize, importer, prearchive
-from flip_imaging.dicom import receivers as rx
-from flip_imaging.dicom.models import DicomQuarantine, DicomReceiver, DicomRelabel, DicomSession
-from flip_imaging.dicom.pipeline import Pipeline
-from flip_imaging.dicom.routing import UNASSIGNED
+from flip_imaging.intake import importer, prearchive, scriptstore
+from flip_imaging.intake import receivers as rx
+from flip_imaging.intake.models import DicomQuarantine, DicomReceiver, DicomRelabel, DicomSession
+from flip_imaging.intake.pipeline import Pipeline
+from flip_imaging.intake.routing import UNASSIGNED
 from flip_imaging.prefs import set_pref
 
 router = APIRouter()
@@ -183,8 +183,8 @@ def delete_quarantined(qid: int, request: Request, _: Principal = Depends(requir
 
 def _drain(pipe: Pipeline) -> None:
     """No worker thread: do its job in the request (used when the service is not running)."""
-    from flip_imaging.dicom.assembly import ArchiveFailed, archive_session, finish_prearchive
-    from flip_imaging.dicom.pipeline import due_sessions
+    from flip_imaging.intake.assembly import ArchiveFailed, archive_session, finish_prearchive
+    from flip_imaging.intake.pipeline import due_sessions
 
     while pipe.process_batch().processed:
         pass
@@ -327,13 +327,13 @@ async def _text_body(request: Request) -> str:
 
 @router.get("/xapi/anonymize/default", response_class=PlainTextResponse)
 def default_script(_: Principal = Depends(require_user)) -> str:
-    return anonymize.default_script_text()
+    return scriptstore.default_script_text()
 
 
 @router.get("/xapi/anonymize/site", response_class=PlainTextResponse)
 def get_site_script(request: Request, _: Principal = Depends(require_user)) -> str:
     with get_ctx(request).session() as db:
-        return anonymize.site_script(db).text
+        return scriptstore.site_script(db).text
 
 
 @router.put("/xapi/anonymize/site")
@@ -341,8 +341,8 @@ async def put_site_script(request: Request, _: Principal = Depends(require_admin
     text = await _text_body(request)
     with get_ctx(request).session() as db:
         try:
-            anonymize.set_site_script(db, text)
-        except anonymize.ScriptInvalid as exc:
+            scriptstore.set_site_script(db, text)
+        except scriptstore.ScriptInvalid as exc:
             raise HTTPException(400, detail=f"invalid DicomEdit script: {exc}") from exc
     return Response(status_code=200)
 
@@ -350,7 +350,7 @@ async def put_site_script(request: Request, _: Principal = Depends(require_admin
 @router.get("/xapi/anonymize/site/enabled")
 def get_site_enabled(request: Request, _: Principal = Depends(require_user)) -> bool:
     with get_ctx(request).session() as db:
-        return anonymize.site_script(db).enabled
+        return scriptstore.site_script(db).enabled
 
 
 @router.put("/xapi/anonymize/site/enabled")
@@ -358,7 +358,7 @@ def put_site_enabled(
     request: Request, enable: str = "true", _: Principal = Depends(require_admin)
 ) -> Response:
     with get_ctx(request).session() as db:
-        anonymize.set_site_enabled(db, _flag(enable))
+        scriptstore.set_site_enabled(db, _flag(enable))
     return Response(status_code=200)
 
 
@@ -366,7 +366,7 @@ def put_site_enabled(
 def get_project_script(project_id: str, request: Request, who: Principal = Depends(require_user)) -> Response:
     with get_ctx(request).session() as db:
         project = check_project(db, who, project_id, Access.READ)
-        stored = anonymize.project_script(db, project.id)
+        stored = scriptstore.project_script(db, project.id)
     if stored is None:
         return Response(status_code=204)
     return PlainTextResponse(stored.text)
@@ -380,8 +380,8 @@ async def put_project_script(
     with get_ctx(request).session() as db:
         project = check_project(db, who, project_id, Access.MANAGE)
         try:
-            anonymize.set_project_script(db, project.id, text)
-        except anonymize.ScriptInvalid as exc:
+            scriptstore.set_project_script(db, project.id, text)
+        except scriptstore.ScriptInvalid as exc:
             raise HTTPException(400, detail=f"invalid DicomEdit script: {exc}") from exc
     return Response(status_code=200)
 
@@ -390,7 +390,7 @@ async def put_project_script(
 def get_project_enabled(project_id: str, request: Request, who: Principal = Depends(require_user)) -> bool:
     with get_ctx(request).session() as db:
         project = check_project(db, who, project_id, Access.READ)
-        return anonymize.project_enabled(db, project.id)
+        return scriptstore.project_enabled(db, project.id)
 
 
 @router.put("/xapi/anonymize/projects/{project_id}/enabled")
@@ -399,7 +399,7 @@ def put_project_enabled(
 ) -> Response:
     with get_ctx(request).session() as db:
         project = check_project(db, who, project_id, Access.MANAGE)
-        anonymize.set_project_enabled(db, project.id, _flag(enable))
+        scriptstore.set_project_enabled(db, project.id, _flag(enable))
     return Response(status_code=200)
 
 
@@ -498,7 +498,7 @@ def _srcs(params: dict[str, list[str]]) -> list[tuple[str, str, str]]:
 
 @router.post("/data/services/archive")
 async def archive_from_prearchive(request: Request, who: Principal = Depends(require_user)) -> Response:
-    from flip_imaging.dicom.assembly import ArchiveFailed, archive_session
+    from flip_imaging.intake.assembly import ArchiveFailed, archive_session
 
     params = await _params(request)
     ((project, timestamp, name),) = _srcs(params)[:1]

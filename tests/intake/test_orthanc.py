@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
-from dicom_helpers import add_project, archived_files, wait_for, write_study
+from intake_helpers import add_project, archived_files, wait_for, write_study
 from orthanc_helpers import Orthanc
 from sqlalchemy import select
 

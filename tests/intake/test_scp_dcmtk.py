@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pydicom
-from dicom_helpers import (
+from intake_helpers import (
     ECHOSCU,
     add_project,
     archived_files,

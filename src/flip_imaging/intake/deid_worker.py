@@ -63,14 +63,14 @@ _scripts: dict[str, Script] = {}
 
 
 def _script(ref: ScriptRef) -> Script:
-    from flip_imaging.dicom import anonymize
+    from flip_imaging.intake import scriptstore
 
     script = _scripts.get(ref.digest)
     if script is None:
         text = Path(ref.path).read_text(encoding="utf-8")
         if hashlib.sha256(text.encode()).hexdigest() != ref.digest:
             raise DicomEditRuntimeError("the stored script changed while it was in use")
-        script = anonymize.compiled(text)
+        script = scriptstore.compiled(text)
         if len(_scripts) > 64:
             _scripts.clear()
         _scripts[ref.digest] = script
@@ -78,7 +78,7 @@ def _script(ref: ScriptRef) -> Script:
 
 
 def _text(ds, tag: int, limit: int) -> str | None:  # type: ignore[no-untyped-def]
-    from flip_imaging.dicom.routing import header_text
+    from flip_imaging.intake.routing import header_text
 
     value = header_text(ds, tag)
     return value[:limit] or None
@@ -86,7 +86,7 @@ def _text(ds, tag: int, limit: int) -> str | None:  # type: ignore[no-untyped-de
 
 def run(job: DeidJob) -> DeidResult:
     """Read the raw file strictly, apply the scripts in order, write the result atomically."""
-    from flip_imaging.dicom import anonymize
+    from flip_imaging.intake import scriptstore
 
     try:
         ds = read_checked(Path(job.raw), body_checked=job.structure_checked)
@@ -96,7 +96,7 @@ def run(job: DeidJob) -> DeidResult:
         return DeidResult(False, f"unreadable spool file ({exc.strerror})")
     for ref in job.scripts:
         try:
-            res = anonymize.apply(_script(ref), ref.script_id, ds, dict(job.variables))
+            res = scriptstore.apply(_script(ref), ref.script_id, ds, dict(job.variables))
         except DicomEditRuntimeError as exc:
             return DeidResult(False, f"{ref.which} anonymization script failed: {exc}")
         except OSError as exc:

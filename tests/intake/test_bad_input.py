@@ -9,12 +9,12 @@ import threading
 from pathlib import Path
 
 import pydicom
-from dicom_helpers import add_project, archived_files, routed, storescu, wait_for
+from intake_helpers import add_project, archived_files, routed, storescu, wait_for
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
-from flip_imaging.dicom.anonymize import flip_script_text
+from flip_imaging.intake.scriptstore import flip_script_text
 from flip_imaging.synthetic import PlantedPHI, SeriesSpec, make_series
 
 _send_lock = threading.Lock()

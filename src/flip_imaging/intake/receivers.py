@@ -19,11 +19,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from flip_imaging.context import AppContext, register_service
-from flip_imaging.dicom import deid_worker
-from flip_imaging.dicom.models import DicomReceiver, DicomSession
-from flip_imaging.dicom.pipeline import Pipeline, due_sessions
-from flip_imaging.dicom.routing import parse_expressions
-from flip_imaging.dicom.scp import ReceiverSpec, ScpHost, parse_whitelist, whitelist_entry
+from flip_imaging.dicom.scp import ReceiverSpec, parse_whitelist, whitelist_entry
+from flip_imaging.intake import deid_worker
+from flip_imaging.intake.models import DicomReceiver, DicomSession
+from flip_imaging.intake.pipeline import Pipeline, due_sessions
+from flip_imaging.intake.routing import parse_expressions
+from flip_imaging.intake.scp_host import ScpHost
 from flip_imaging.prefs import get_pref, set_pref
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class DicomService:
         workers = deid_processes(self.ctx)
         if workers > 1:
             mp = multiprocessing.get_context("forkserver")
-            mp.set_forkserver_preload(["flip_imaging.dicom.deid_worker", "flip_imaging.dicom.anonymize"])
+            mp.set_forkserver_preload(["flip_imaging.intake.deid_worker", "flip_imaging.intake.scriptstore"])
             self.pipeline.executor = ProcessPoolExecutor(
                 max_workers=workers,
                 mp_context=mp,
@@ -202,11 +203,11 @@ class DicomService:
     def _warm_workers(self, workers: int) -> None:
         """Start every de-identification process now, with the current scripts compiled (a process
         that starts while a study arrives costs that study seconds of CPU)."""
-        from flip_imaging.dicom import anonymize
+        from flip_imaging.intake import scriptstore
 
         assert self.pipeline.executor is not None
         with self.ctx.session() as db:
-            refs = [self.pipeline.script_ref("site", anonymize.site_script(db))]
+            refs = [self.pipeline.script_ref("site", scriptstore.site_script(db))]
         futures = [self.pipeline.executor.submit(deid_worker.warm, refs) for _ in range(workers)]
         for future in futures:
             try:
@@ -257,7 +258,7 @@ class DicomService:
                 # due sessions are archived while the batch is being de-identified (worker processes)
                 batch = self.pipeline.process_batch(during=lambda busy: self._archive_due(quiet, busy))
                 continue_soon = bool(batch.processed or batch.quarantined)
-                from flip_imaging.dicom.assembly import settle_imports
+                from flip_imaging.intake.assembly import settle_imports
 
                 settle_imports(self.pipeline)
             except Exception:  # the worker must survive anything (e.g. the database restarting)
@@ -270,7 +271,7 @@ class DicomService:
 
     def _archive_due(self, quiet: float, busy: set[int]) -> None:
         """Archive (or hand to the prearchive) every due session not touched by the batch in flight."""
-        from flip_imaging.dicom.assembly import ArchiveFailed, archive_session, finish_prearchive
+        from flip_imaging.intake.assembly import ArchiveFailed, archive_session, finish_prearchive
 
         with self.ctx.session() as db:
             due = [pk for pk in due_sessions(db, quiet) if pk not in busy]

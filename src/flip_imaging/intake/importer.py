@@ -15,10 +15,10 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select
 
 from flip_imaging.context import AppContext
-from flip_imaging.dicom.models import DicomImport, DicomSession
-from flip_imaging.dicom.pipeline import Pipeline, due_sessions
-from flip_imaging.dicom.prearchive import session_url
-from flip_imaging.dicom.routing import UNASSIGNED
+from flip_imaging.intake.models import DicomImport, DicomSession
+from flip_imaging.intake.pipeline import Pipeline, due_sessions
+from flip_imaging.intake.prearchive import session_url
+from flip_imaging.intake.routing import UNASSIGNED
 
 _CHUNK = 1 << 20
 
@@ -147,7 +147,7 @@ def queue_import(ctx: AppContext, import_pk: int, n_files: int) -> None:
 
 def drain_inline(pipeline: Pipeline, import_pk: int) -> None:
     """Without a running DICOM service (tests, CLI), the request thread does the worker's job."""
-    from flip_imaging.dicom.assembly import ArchiveFailed, archive_session, finish_prearchive, settle_imports
+    from flip_imaging.intake.assembly import ArchiveFailed, archive_session, finish_prearchive, settle_imports
 
     ctx = pipeline.ctx
     while pipeline.process_batch().processed or pipeline.spool.pending(1):

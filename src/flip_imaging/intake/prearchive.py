@@ -15,9 +15,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from flip_imaging.dicom.models import DicomInstance, DicomQuarantine, DicomSession
-from flip_imaging.dicom.pipeline import Pipeline
-from flip_imaging.dicom.routing import UNASSIGNED
+from flip_imaging.intake.models import DicomInstance, DicomQuarantine, DicomSession
+from flip_imaging.intake.pipeline import Pipeline
+from flip_imaging.intake.routing import UNASSIGNED
 
 PREARCHIVE_STATES = ("RECEIVING", "READY", "ERROR")
 _SRC = re.compile(r"^(?:/data)?/prearchive/projects/([^/]+)/([^/]+)/([^/]+)/?$")

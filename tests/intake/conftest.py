@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from dicom_helpers import ADMIN_AUTH, Receiver
+from intake_helpers import ADMIN_AUTH, Receiver
 
 from flip_imaging.netutil import free_port
 

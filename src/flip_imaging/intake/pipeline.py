@@ -31,9 +31,10 @@ from sqlalchemy.orm import Session
 
 from flip_imaging.archive.models import Project
 from flip_imaging.context import AppContext
-from flip_imaging.dicom import anonymize, deid_worker
-from flip_imaging.dicom.deid_worker import DeidJob, DeidResult, ScriptRef
-from flip_imaging.dicom.models import (
+from flip_imaging.dicomedit.scripts import with_site_secret
+from flip_imaging.intake import deid_worker, scriptstore
+from flip_imaging.intake.deid_worker import DeidJob, DeidResult, ScriptRef
+from flip_imaging.intake.models import (
     DicomImport,
     DicomInstance,
     DicomQuarantine,
@@ -41,9 +42,8 @@ from flip_imaging.dicom.models import (
     DicomRelabel,
     DicomSession,
 )
-from flip_imaging.dicom.routing import ROUTING_TAGS, UNASSIGNED, Route, RoutingRules, header_text, route
-from flip_imaging.dicom.spool import Spool
-from flip_imaging.dicomedit.scripts import with_site_secret
+from flip_imaging.intake.routing import ROUTING_TAGS, UNASSIGNED, Route, RoutingRules, header_text, route
+from flip_imaging.intake.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Pipeline:
         self.prearchive_root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.prearchive_root, 0o700)
         #: replaces the FLIP script's placeholder date-shift secret whenever a script is applied
-        self.date_shift_secret = anonymize.site_secret(ctx.settings)
+        self.date_shift_secret = scriptstore.site_secret(ctx.settings)
         #: worker processes for de-identification (attached by the DICOM service), else in-thread
         self.executor: Executor | None = None
         self.workers = 1
@@ -121,7 +121,7 @@ class Pipeline:
     # -- start-up ------------------------------------------------------------------------------------
     def recover(self) -> None:
         """Put the spool and the prearchive back into a consistent state after a crash or stop."""
-        from flip_imaging.dicom.assembly import cleanup_archived
+        from flip_imaging.intake.assembly import cleanup_archived
 
         with self.lock:
             returned = self.spool.recover()
@@ -253,7 +253,7 @@ class Pipeline:
             new_sessions: set[int] = set()
             with self.ctx.session() as db:
                 cache: dict[str, SourceConfig | None] = {}
-                site = anonymize.site_script(db)
+                site = scriptstore.site_script(db)
                 memo: dict[object, object] = {}
                 for name, path in claimed:
                     source = self._source(db, name, cache)
@@ -370,7 +370,7 @@ class Pipeline:
         name: str,
         path: Path,
         source: SourceConfig,
-        site: anonymize.StoredScript,
+        site: scriptstore.StoredScript,
         new_sessions: set[int],
         memo: dict[object, object],
     ) -> _Plan:
@@ -519,19 +519,19 @@ class Pipeline:
         return replaced_raw
 
     def _scripts(
-        self, db: Session, site_enabled: bool, site: anonymize.StoredScript, project: str | None
+        self, db: Session, site_enabled: bool, site: scriptstore.StoredScript, project: str | None
     ) -> list[ScriptRef]:
         """Site script (when on), then the project script when the file is bound for that project."""
         scripts = []
         if site_enabled and site.enabled:
             scripts.append(self.script_ref("site", site))
         if project is not None:
-            proj = anonymize.project_script(db, project)
+            proj = scriptstore.project_script(db, project)
             if proj is not None and proj.enabled:
                 scripts.append(self.script_ref("project", proj))
         return scripts
 
-    def script_ref(self, which: str, stored: anonymize.StoredScript) -> ScriptRef:
+    def script_ref(self, which: str, stored: scriptstore.StoredScript) -> ScriptRef:
         """Publish a script's text for the worker processes (once per text) and refer to it.
 
         The text published is the one applied: the site's date-shift secret in place of the FLIP
@@ -577,7 +577,7 @@ class Pipeline:
     # -- re-derivation (prearchive → archive with other labels) ----------------------------------
     def rederive(self, db: Session, session: DicomSession, project: str, subject: str, label: str) -> None:
         """Re-run de-identification from the held raw files with the final labels and project script."""
-        site = anonymize.site_script(db)
+        site = scriptstore.site_script(db)
         rec = db.get(DicomReceiver, session.receiver_pk) if session.receiver_pk else None
         scripts = self._scripts(db, rec.anonymization_enabled if rec is not None else True, site, project)
         variables = {"project": project, "subject": subject, "session": label}
